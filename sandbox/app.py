@@ -1,0 +1,273 @@
+"""The sandbox's WSGI application: control API, IAM, faults, then the sandbox's own handlers or moto."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from pydantic import ValidationError
+from werkzeug.wrappers import Request
+
+from sandbox import registry
+from sandbox.catalogue import Catalogue
+from sandbox.clock import SandboxClock
+from sandbox.errors import ACCESS_DENIED_CODES, SERVER_ERRORS, THROTTLE_ERRORS, AwsError
+from sandbox.faults import FaultInjector, FaultRule
+from sandbox.iam import IamEnforcer
+from sandbox.protocol import (
+    WireResponse,
+    caller_from_headers,
+    identify,
+    json_response,
+    parse_params,
+    serialize_error,
+    serialize_result,
+)
+from sandbox.state import SandboxState
+
+StartResponse = Callable[..., Any]
+CONTROL_PREFIX = "/_sandbox/"
+
+
+class DropConnection(ConnectionResetError):
+    """Raised after the client socket was shut down on purpose (faults `reset` and `commit_then_drop`)."""
+
+
+class SandboxApp:
+    def __init__(
+        self,
+        catalogue: Catalogue | None = None,
+        seed: int | None = None,
+        iam_policy: dict[str, Any] | None = None,
+        external_id: str | None = None,
+    ) -> None:
+        import sandbox.services  # noqa: F401  (registers every handler)
+
+        self.catalogue = catalogue or Catalogue.load()
+        self.clock = SandboxClock()
+        self.state = SandboxState(self.clock)
+        for setup in registry.STATE_SETUP:
+            setup(self.state)
+        self.faults = FaultInjector(seed)
+        self.iam = IamEnforcer()
+        if iam_policy is not None:
+            self.iam.configure(enforce=True, policy=iam_policy, external_id=external_id)
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        self._accounts: dict[str, str] = {}
+        self.seed_existing(self.catalogue.existing_commitments)
+
+    # --- WSGI ------------------------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        body = request.get_data(cache=True)
+        if request.path.startswith(CONTROL_PREFIX):
+            response = self._control(request, body)
+        else:
+            response = self._aws(environ, request, body)
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        # An explicit length keeps HTTP/1.1 connections alive (no chunking, no close).
+        headers.append(("Content-Length", str(len(response.body))))
+        start_response(f"{response.status} {_reason(response.status)}", headers)
+        return [response.body]
+
+    def _aws(self, environ: dict[str, Any], request: Request, body: bytes) -> WireResponse:
+        identified = identify(request.method, request.path, request.headers, body)
+        caller = caller_from_headers(request.headers)
+        if identified is None or caller is None:
+            return self._call_moto(environ, body)
+        service, operation, url_params = identified
+        request_id = str(uuid.uuid4())
+        iam_action = f"{'es' if service == 'opensearch' else service}:{operation}"
+
+        def error(err: AwsError) -> WireResponse:
+            return serialize_error(service, operation, err, request_id)
+
+        if not self.iam.check(caller.access_key, iam_action):
+            code, status = ACCESS_DENIED_CODES[service]
+            return error(
+                AwsError(code, f"You are not authorized to perform this operation: {iam_action}", status)
+            )
+
+        drop_after = False
+        for fault in self.faults.draw(iam_action):
+            if fault.kind == "latency":
+                time.sleep(fault.latency_ms / 1000)
+            elif fault.kind == "reset":
+                _drop(environ)
+            elif fault.kind == "throttle":
+                return error(THROTTLE_ERRORS[service])
+            elif fault.kind == "error":
+                return error(SERVER_ERRORS[service])
+            elif fault.kind == "commit_then_drop":
+                drop_after = True
+
+        try:
+            params = parse_params(
+                service,
+                operation,
+                request.method,
+                request.path,
+                request.query_string.decode(),
+                request.headers,
+                body,
+                url_params,
+            )
+            handler = registry.HANDLERS.get((service, operation))
+            if handler is None:
+                response = self._call_moto(environ, body)
+            else:
+                ctx = registry.CallContext(
+                    state=self.state,
+                    catalogue=self.catalogue,
+                    iam=self.iam,
+                    account_id=self.account_for(caller.access_key),
+                    region=caller.region,
+                    service=service,
+                    operation=operation,
+                    access_key=caller.access_key,
+                    request_id=request_id,
+                    call_moto=lambda: self._call_moto(environ, body),
+                )
+                result = handler(ctx, params)
+                if isinstance(result, WireResponse):
+                    response = result
+                else:
+                    response = serialize_result(service, operation, result, request_id)
+        except AwsError as exc:
+            response = error(exc)
+        if drop_after:
+            _drop(environ)
+        return response
+
+    def account_for(self, access_key: str) -> str:
+        account = self._accounts.get(access_key)
+        if account is None:
+            from moto.iam.models import get_account_id_from
+
+            account = get_account_id_from(access_key)
+            self._accounts[access_key] = account
+        return account
+
+    def _call_moto(self, environ: dict[str, Any], body: bytes) -> WireResponse:
+        inner = dict(environ)
+        inner["wsgi.input"] = io.BytesIO(body)
+        inner["CONTENT_LENGTH"] = str(len(body))
+        captured: dict[str, Any] = {}
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            captured["status"] = int(status.split(" ", 1)[0])
+            captured["headers"] = dict(headers)
+
+        chunks = self._moto(inner, start)
+        try:
+            payload = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+        headers = {k: v for k, v in captured["headers"].items() if k.lower() not in ("content-length", "server")}
+        return WireResponse(captured["status"], headers, payload)
+
+    # --- control API ----------------------------------------------------------------------------------------
+    def _control(self, request: Request, body: bytes) -> WireResponse:
+        route = (request.method, request.path[len(CONTROL_PREFIX) :].strip("/"))
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return json_response(400, {"error": f"the body is not JSON: {exc}"})
+        try:
+            return self._control_route(route, payload, request)
+        except (ValidationError, ValueError, TypeError, KeyError) as exc:
+            return json_response(400, {"error": str(exc)})
+
+    def _control_route(self, route: tuple[str, str], payload: Any, request: Request) -> WireResponse:
+        if route == ("GET", "health"):
+            return json_response(200, {"ok": True, "now": self.clock.now().isoformat()})
+        if route == ("POST", "reset"):
+            self.reset()
+            return json_response(200, {"reset": True})
+        if route == ("GET", "clock"):
+            return json_response(200, {"now": self.clock.now().isoformat()})
+        if route == ("POST", "clock"):
+            seconds = float(payload["advance_seconds"])
+            now = self.clock.advance(seconds)
+            self.state.advance_all()
+            return json_response(200, {"now": now.isoformat()})
+        if route == ("GET", "faults"):
+            return json_response(200, {"faults": self.faults.rules(), "fired": self.faults.fired})
+        if route == ("POST", "faults"):
+            rules = payload if isinstance(payload, list) else [payload]
+            for rule in rules:
+                self.faults.add(FaultRule.model_validate(rule))
+            return json_response(200, {"faults": self.faults.rules()})
+        if route == ("DELETE", "faults"):
+            self.faults.clear()
+            return json_response(200, {"faults": []})
+        if route == ("GET", "iam"):
+            return json_response(
+                200, {"enforce": self.iam.enforce, "policy": self.iam.identity_policy, "external_id_set": bool(self.iam.external_id)}
+            )
+        if route == ("POST", "iam"):
+            self.iam.configure(
+                enforce=bool(payload.get("enforce", True)),
+                policy=payload.get("policy"),
+                external_id=payload.get("external_id"),
+            )
+            return json_response(200, {"enforce": self.iam.enforce})
+        if route == ("GET", "resources"):
+            wanted = {k: v for k, v in request.args.items() if k in ("account_id", "region", "service", "type", "state")}
+            resources = [
+                r.ground_truth()
+                for r in self.state.all()
+                if all(getattr(r, k) == v for k, v in wanted.items())
+            ]
+            return json_response(200, {"resources": resources})
+        if route == ("POST", "seed"):
+            entries = payload.get("existing_commitments", [])
+            self.seed_existing(entries)
+            return json_response(200, {"seeded": len(entries)})
+        return json_response(404, {"error": f"no control route {route[0]} {CONTROL_PREFIX}{route[1]}"})
+
+    def reset(self) -> None:
+        """Forget every resource (ours and moto's), token and session; the catalogue and faults stay."""
+        self.state.reset()
+        self.clock.reset()
+        self.iam.sessions.clear()
+        self._accounts.clear()
+        from moto.moto_api import _internal
+
+        _internal.moto_api_backend.reset()
+        self.seed_existing(self.catalogue.existing_commitments)
+
+    def seed_existing(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            kind = entry.get("kind")
+            seeder = registry.SEEDERS.get(str(kind))
+            if seeder is None:
+                raise ValueError(f"unknown existing commitment kind {kind!r}; known: {sorted(registry.SEEDERS)}")
+            seeder(self.state, self.catalogue, entry)
+
+
+def _drop(environ: dict[str, Any]) -> None:
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    raise DropConnection("sandbox fault: connection dropped")
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

@@ -1,0 +1,122 @@
+"""The sandbox's control API and each fault kind, driven over HTTP with real boto3 clients."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+
+from sandbox.control import SandboxControl, SandboxControlError
+
+ACCOUNT = "111122223333"
+
+
+def _offering_id(ec2) -> str:
+    offerings = ec2.describe_reserved_instances_offerings(
+        InstanceType="m5.large",
+        OfferingClass="standard",
+        OfferingType="No Upfront",
+        ProductDescription="Linux/UNIX",
+        IncludeMarketplace=False,
+        Filters=[{"Name": "scope", "Values": ["Region"]}, {"Name": "duration", "Values": ["31536000"]}],
+    )["ReservedInstancesOfferings"]
+    assert len(offerings) == 1
+    return offerings[0]["ReservedInstancesOfferingId"]
+
+
+def test_reset_forgets_resources_but_keeps_catalogue(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT)
+    ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=_offering_id(ec2), InstanceCount=1)
+    assert len(sandbox.resources(account_id=ACCOUNT)) == 1
+    sandbox.reset()
+    assert sandbox.resources() == []
+    ec2 = aws("ec2", account_id=ACCOUNT)
+    assert ec2.describe_reserved_instances()["ReservedInstances"] == []
+    assert _offering_id(ec2)
+
+
+def test_clock_moves_payment_pending_to_active_and_expiry_to_retired(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT)
+    ri_id = ec2.purchase_reserved_instances_offering(
+        ReservedInstancesOfferingId=_offering_id(ec2), InstanceCount=1
+    )["ReservedInstancesId"]
+    [truth] = sandbox.resources(account_id=ACCOUNT)
+    assert truth["id"] == ri_id and truth["state"] == "payment-pending"
+    assert truth["created_by"]["operation"] == "ec2:PurchaseReservedInstancesOffering"
+    sandbox.advance_clock(60)
+    assert ec2.describe_reserved_instances()["ReservedInstances"][0]["State"] == "active"
+    sandbox.advance_clock(366 * 86400)
+    assert ec2.describe_reserved_instances()["ReservedInstances"][0]["State"] == "retired"
+
+
+def test_control_api_rejects_bad_input(sandbox: SandboxControl) -> None:
+    with pytest.raises(SandboxControlError, match="probability or a count"):
+        sandbox.add_fault("ec2:*", "throttle")
+    with pytest.raises(SandboxControlError, match="kind"):
+        sandbox.add_fault("ec2:*", "explode", count=1)
+    with pytest.raises(SandboxControlError, match="only moves forward"):
+        sandbox.advance_clock(-5)
+    with pytest.raises(SandboxControlError, match="no control route"):
+        sandbox._call("GET", "nothing-here")
+
+
+def test_throttle_fault_uses_the_service_error_and_botocore_retries_reads(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    sandbox.add_fault("ec2:DescribeReservedInstances", "throttle", count=1)
+    with pytest.raises(ClientError) as caught:
+        ec2.describe_reserved_instances()
+    assert caught.value.response["Error"]["Code"] == "RequestLimitExceeded"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    sandbox.add_fault("ec2:DescribeReservedInstances", "throttle", count=1)
+    retrying = aws("ec2", account_id=ACCOUNT, retries=3)
+    response = retrying.describe_reserved_instances()
+    assert response["ResponseMetadata"]["RetryAttempts"] == 1
+
+
+def test_error_fault_is_a_5xx(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    sandbox.add_fault("ec2:Purchase*", "error", probability=1.0)
+    with pytest.raises(ClientError) as caught:
+        ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=_offering_id(ec2), InstanceCount=1)
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert sandbox.resources() == []
+
+
+def test_latency_fault_delays_the_answer(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT)
+    sandbox.add_fault("ec2:DescribeReservedInstances", "latency", count=1, latency_ms=300)
+    started = time.monotonic()
+    ec2.describe_reserved_instances()
+    assert time.monotonic() - started >= 0.3
+
+
+def test_reset_fault_drops_before_anything_happens(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    offering = _offering_id(ec2)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "reset", count=1)
+    with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+        ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=offering, InstanceCount=1)
+    assert sandbox.resources() == []
+
+
+def test_commit_then_drop_applies_the_effect_without_an_answer(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    offering = _offering_id(ec2)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_drop", count=1)
+    with pytest.raises(ConnectionClosedError):
+        ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=offering, InstanceCount=1)
+    assert len(sandbox.resources(account_id=ACCOUNT)) == 1
+    assert sandbox.faults()["fired"]["commit_then_drop"] >= 1
+
+
+def test_faults_are_repeatable_with_a_seed() -> None:
+    from sandbox.faults import FaultInjector, FaultRule
+
+    def pattern(seed: int) -> list[bool]:
+        injector = FaultInjector(seed)
+        injector.add(FaultRule(operation="ec2:*", kind="throttle", probability=0.5))
+        return [bool(injector.draw("ec2:PurchaseReservedInstancesOffering")) for _ in range(50)]
+
+    assert pattern(7) == pattern(7)
+    assert pattern(7) != pattern(8)
