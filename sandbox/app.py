@@ -211,7 +211,12 @@ class SandboxApp:
             return json_response(200, {"faults": []})
         if route == ("GET", "iam"):
             return json_response(
-                200, {"enforce": self.iam.enforce, "policy": self.iam.identity_policy, "external_id_set": bool(self.iam.external_id)}
+                200,
+                {
+                    "enforce": self.iam.enforce,
+                    "policy": self.iam.identity_policy,
+                    "external_id_set": bool(self.iam.external_id),
+                },
             )
         if route == ("POST", "iam"):
             self.iam.configure(
@@ -221,7 +226,8 @@ class SandboxApp:
             )
             return json_response(200, {"enforce": self.iam.enforce})
         if route == ("GET", "resources"):
-            wanted = {k: v for k, v in request.args.items() if k in ("account_id", "region", "service", "type", "state")}
+            fields = ("account_id", "region", "service", "type", "state")
+            wanted = {k: v for k, v in request.args.items() if k in fields}
             resources = [
                 r.ground_truth()
                 for r in self.state.all()

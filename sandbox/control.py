@@ -48,7 +48,13 @@ class SandboxControl:
         self._call(
             "POST",
             "faults",
-            {"operation": operation, "kind": kind, "probability": probability, "count": count, "latency_ms": latency_ms},
+            {
+                "operation": operation,
+                "kind": kind,
+                "probability": probability,
+                "count": count,
+                "latency_ms": latency_ms,
+            },
         )
 
     def faults(self) -> dict[str, Any]:

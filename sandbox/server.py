@@ -42,8 +42,8 @@ class _Handler(BaseHTTPRequestHandler):
             "QUERY_STRING": url.query,
             "CONTENT_LENGTH": str(len(body)),
             "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "SERVER_NAME": self.server.server_address[0],
-            "SERVER_PORT": str(self.server.server_address[1]),
+            "SERVER_NAME": str(self.server.server_address[0]),  # type: ignore[index]
+            "SERVER_PORT": str(self.server.server_address[1]),  # type: ignore[index]
             "SERVER_PROTOCOL": self.request_version,
             "REMOTE_ADDR": self.client_address[0],
             "wsgi.input": io.BytesIO(body),

@@ -43,7 +43,7 @@ def check_response_shape(http_response: Any, parsed: dict[str, Any], model: Any,
     body = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
     report = ParamValidator().validate(body, model.output_shape)
     if report.has_errors():
-        raise AssertionError(f"{model.name}: response does not match botocore's output shape:\n{report.generate_report()}")
+        raise AssertionError(f"{model.name}: response does not match its output shape:\n{report.generate_report()}")
 
 
 ClientFactory = Callable[..., Any]

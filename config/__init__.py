@@ -1,0 +1,1 @@
+"""Configuration: daemon settings (environment and config file) and the registry of customer accounts."""

@@ -1,0 +1,106 @@
+"""The account registry: which customer accounts commitd may act in, and through which role.
+
+Plans name an account id only; the role, its ExternalId and the account's limits come from here, so a producer
+can never point the worker at another role. The ExternalId is read from an environment variable or a file and is
+held as a secret: it never reaches a log, an audit record or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from config.settings import ConfigurationError
+
+
+class AccountLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_upfront_usd_per_plan: Decimal | None = Field(None, ge=0, description="refuse plans that could spend more")
+
+
+class AccountConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account_id: str = Field(pattern=r"^\d{12}$")
+    name: str = ""
+    role_arn: str = Field(pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+    external_id_env: str | None = Field(None, description="environment variable holding the ExternalId")
+    external_id_file: Path | None = Field(None, description="file holding the ExternalId")
+    allowed_actions: list[str] = Field(default_factory=lambda: ["*"], description="IAM action names, or '*'")
+    read_only: bool = Field(False, description="a trial role: every plan runs as a dry run")
+    limits: AccountLimits = Field(default_factory=lambda: AccountLimits())
+
+    @model_validator(mode="after")
+    def _one_external_id_source(self) -> AccountConfig:
+        if self.external_id_env and self.external_id_file:
+            raise ValueError("give external_id_env or external_id_file, not both")
+        return self
+
+    def external_id(self) -> SecretStr | None:
+        if self.external_id_env:
+            value = os.environ.get(self.external_id_env)
+            if value is None:
+                raise ConfigurationError(
+                    f"account {self.account_id}: environment variable {self.external_id_env} is not set"
+                )
+            return SecretStr(value.strip())
+        if self.external_id_file:
+            try:
+                return SecretStr(self.external_id_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"account {self.account_id}: cannot read external_id_file {self.external_id_file}: "
+                    f"{exc.strerror}"
+                ) from None
+        return None
+
+    def allows(self, action: str) -> bool:
+        return "*" in self.allowed_actions or action.lower() in {a.lower() for a in self.allowed_actions}
+
+
+class AccountRegistry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accounts: list[AccountConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AccountRegistry:
+        ids = [a.account_id for a in self.accounts]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"accounts listed twice: {duplicates}")
+        return self
+
+    def get(self, account_id: str) -> AccountConfig | None:
+        for account in self.accounts:
+            if account.account_id == account_id:
+                return account
+        return None
+
+    def check_secrets(self) -> None:
+        """Fail at start, not at the first plan, when an ExternalId cannot be read."""
+        for account in self.accounts:
+            account.external_id()
+
+    @classmethod
+    def load(cls, path: Path | None) -> AccountRegistry:
+        if path is None:
+            return cls()
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigurationError(f"COMMITD_ACCOUNTS_FILE: cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigurationError(f"COMMITD_ACCOUNTS_FILE: {path} is not JSON: {exc}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigurationError(f"COMMITD_ACCOUNTS_FILE {path}: {problems}") from None

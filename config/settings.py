@@ -1,0 +1,113 @@
+"""Daemon settings: ``COMMITD_*`` environment variables, then an optional TOML file, then defaults.
+
+The file is named by ``COMMITD_CONFIG_FILE``; its keys are the field names below (``redis_url = "..."``).
+A bad value stops the daemon at start with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMMITD_", extra="forbid", frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the ledger, intake, audit, broker")
+    key_prefix: str = Field("commitd:", description="prefix of every Redis key and stream")
+    accounts_file: Path | None = Field(None, description="JSON file: the customer accounts and their roles")
+    aws_endpoint_url: str | None = Field(
+        None, description="send every AWS call here (the sandbox); unset means real AWS endpoints"
+    )
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal")
+    log_level: str = "INFO"
+    lease_seconds: float = Field(30.0, gt=0, description="how long a worker holds a running plan without renewal")
+    max_attempts: int = Field(5, ge=1, description="task executions per plan before it needs attention")
+    call_attempts: int = Field(4, ge=1, description="sends or reconciling reads per AWS call before giving up")
+    retry_base_seconds: float = Field(0.5, ge=0, description="first backoff of the AWS retry loop")
+    retry_max_seconds: float = Field(8.0, ge=0)
+    visibility_timeout: int = Field(
+        3600, ge=10, description="seconds before Redis redelivers an unacknowledged task message"
+    )
+    sweep_interval: float = Field(5.0, gt=0, description="seconds between scans for stalled and due plans")
+    stalled_after: float = Field(60.0, gt=0, description="a queued plan with no worker for this long is re-sent")
+    max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
+    credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
+    client_cache_size: int = Field(512, ge=1, description="boto3 clients kept (LRU)")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or " " in value:
+            raise ValueError("must be non-empty without spaces")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("COMMITD_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def key(self, *parts: str) -> str:
+        return self.key_prefix + ":".join(parts)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration for display: credentials in URLs are masked."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = mask_url(self.redis_url)
+        if self.aws_endpoint_url:
+            data["aws_endpoint_url"] = mask_url(self.aws_endpoint_url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    config_file = os.environ.get("COMMITD_CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigurationError(f"COMMITD_CONFIG_FILE: no such file {config_file}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'COMMITD_' + '_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""The commitd daemon: intake, ledger, audit, AWS sessions, execution, Celery app and CLI."""

@@ -1,0 +1,322 @@
+"""The ``commitd`` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from config.settings import ConfigurationError
+
+
+def _runtime() -> Any:
+    from config.settings import get_settings
+    from worker.logs import configure_logging
+    from worker.runtime import get_runtime
+
+    try:
+        settings = get_settings()
+        configure_logging(settings.log_format, settings.log_level)
+        runtime = get_runtime()
+        runtime.accounts  # noqa: B018  (fail now, naming the setting, if the account file is wrong)
+        return runtime
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _intake(runtime: Any) -> Any:
+    from tasks import ACTIONS
+    from worker.celery_app import enqueue
+    from worker.intake import Intake
+
+    return Intake(runtime, ACTIONS, enqueue)
+
+
+@click.group()
+def main() -> None:
+    """commitd: executes cloud-commitment plans in customers' AWS accounts, exactly once."""
+
+
+# --- intake --------------------------------------------------------------------------------------------------
+def split_input(text: str) -> list[str]:
+    """One plan, a JSON array of plans, or JSON lines → one JSON text per plan (bad lines stay as they are)."""
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return [line for line in stripped.splitlines() if line.strip()]
+    if isinstance(data, list):
+        return [json.dumps(item) for item in data]
+    return [stripped]
+
+
+@main.command()
+@click.argument("source", type=click.File("r"))
+def submit(source: Any) -> None:
+    """Record plans from FILE (or - for standard input): one plan, a JSON array, or JSON lines."""
+    runtime = _runtime()
+    intake = _intake(runtime)
+    failures = 0
+    for text in split_input(source.read()):
+        result = intake.submit_raw(text, source="cli")
+        line = f"{result.plan_id}\t{result.state}"
+        if result.outcome != "accepted":
+            line += f"\t{result.outcome}"
+        if result.message:
+            line += f"\t{result.message}"
+        click.echo(line)
+        failures += 0 if result.ok else 1
+    if failures:
+        sys.exit(1)
+
+
+@main.command()
+def intake() -> None:
+    """Run the intake: read plans from the Redis stream, sweep scheduled and stalled plans."""
+    runtime = _runtime()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"commitd intake reading {runtime.key('plans')}", err=True)
+    try:
+        _intake(runtime).run_forever(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--queues", default=None, help="comma-separated family queues (default: all)")
+@click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+def worker(queues: str | None, concurrency: int, pool: str) -> None:
+    """Run a Celery worker for the family queues."""
+    _runtime()
+    from tasks.families import FAMILIES
+    from worker.celery_app import app
+
+    names = queues or ",".join(f.queue for f in FAMILIES)
+    app.worker_main(["worker", "-Q", names, "-c", str(concurrency), "-P", pool, "--without-gossip",
+                     "--without-mingle", "-l", "INFO"])
+
+
+# --- plans ---------------------------------------------------------------------------------------------------
+@main.group()
+def plans() -> None:
+    """Inspect and settle plans in the ledger."""
+
+
+def _state_option(value: str | None) -> Any:
+    from worker.plans import PlanState
+
+    if value is None:
+        return None
+    try:
+        return PlanState(value)
+    except ValueError:
+        raise click.BadParameter(f"one of {', '.join(s.value for s in PlanState)}") from None
+
+
+@plans.command("list")
+@click.option("--state", default=None, help="only plans in this state")
+@click.option("--json", "as_json", is_flag=True)
+def plans_list(state: str | None, as_json: bool) -> None:
+    runtime = _runtime()
+    records = runtime.ledger.list(_state_option(state))
+    if as_json:
+        click.echo(json.dumps([r.public() for r in records], indent=2))
+        return
+    for r in records:
+        plan = r.plan or {}
+        click.echo(f"{r.plan_id}\t{r.state.value}\t{plan.get('action', '-')}\t{plan.get('account_id', '-')}\t"
+                   f"{r.updated_at.isoformat(timespec='seconds')}")
+
+
+@plans.command("show")
+@click.argument("plan_id")
+@click.option("--json", "as_json", is_flag=True)
+def plans_show(plan_id: str, as_json: bool) -> None:
+    runtime = _runtime()
+    record = runtime.ledger.get(plan_id)
+    if record is None:
+        raise click.ClickException(f"no plan {plan_id}")
+    data = record.public()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"plan {record.plan_id}: {record.state.value} (attempts {record.attempts})")
+    for step in record.history:
+        click.echo(f"  {step.at.isoformat(timespec='seconds')}  {step.state.value:18s} {step.note}")
+    for key in ("idempotency", "result", "error"):
+        if data.get(key):
+            click.echo(f"{key}: {json.dumps(data[key])}")
+
+
+@plans.command("resolve")
+@click.argument("plan_id")
+@click.option("--as", "outcome", required=True, type=click.Choice(["succeeded", "failed", "retry", "cancelled"]))
+@click.option("--note", required=True, help="what you checked in AWS")
+@click.option("--resource-id", default=None, help="with --as succeeded: the resource AWS shows")
+def plans_resolve(plan_id: str, outcome: str, note: str, resource_id: str | None) -> None:
+    """Settle a plan that needs attention, after checking AWS yourself."""
+    from worker.plans import PlanState
+
+    runtime = _runtime()
+    record = runtime.ledger.get(plan_id)
+    if record is None:
+        raise click.ClickException(f"no plan {plan_id}")
+    if record.state != PlanState.NEEDS_ATTENTION:
+        raise click.ClickException(f"plan {plan_id} is {record.state.value}; only plans needing attention are settled")
+    target = {"succeeded": PlanState.SUCCEEDED, "failed": PlanState.FAILED, "retry": PlanState.QUEUED,
+              "cancelled": PlanState.CANCELLED}[outcome]
+    changes: dict[str, Any] = {}
+    if target == PlanState.SUCCEEDED:
+        changes["result"] = {"resolved_by_operator": True, "resource_id": resource_id}
+    if target == PlanState.QUEUED:
+        # A retry starts over: reads, a new intent, then a send. Only do this once AWS shows nothing was bought.
+        changes.update(intent=None, attempts=0)
+    runtime.ledger.transition(record, target, f"operator: {note}", **changes)
+    signature = (record.intent or {}).get("signature")
+    if signature:
+        key = runtime.key("inflight", signature)
+        holder = runtime.redis.get(key)
+        if holder is not None and holder.decode() == plan_id:
+            runtime.redis.delete(key)
+    if target == PlanState.QUEUED:
+        from tasks import ACTIONS
+        from worker.celery_app import enqueue
+
+        enqueue(ACTIONS[(record.plan or {})["action"]].family, plan_id)
+    click.echo(f"{plan_id}\t{target.value}")
+
+
+@plans.command("purge")
+@click.option("--older-than-days", type=float, required=True)
+@click.option("--state", "states", multiple=True, default=["succeeded", "failed", "rejected", "cancelled", "expired"])
+@click.option("--yes", is_flag=True, help="do it (without: say how many would go)")
+def plans_purge(older_than_days: float, states: tuple[str, ...], yes: bool) -> None:
+    """Delete terminal plan records; the audit trail keeps their history."""
+    runtime = _runtime()
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    chosen = [_state_option(s) for s in states]
+    if not yes:
+        count = sum(1 for s in chosen for r in runtime.ledger.list(s) if r.updated_at < cutoff)
+        click.echo(f"{count} plans would be purged; add --yes")
+        return
+    try:
+        click.echo(f"{runtime.ledger.purge(chosen, cutoff)} plans purged")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- audit ---------------------------------------------------------------------------------------------------
+@main.group()
+def audit() -> None:
+    """The hash-chained audit trail."""
+
+
+@audit.command("tail")
+@click.option("--plan", "plan_id", default=None)
+@click.option("-n", "count", default=20, show_default=True)
+def audit_tail(plan_id: str | None, count: int) -> None:
+    runtime = _runtime()
+    rows = list(runtime.audit.records(plan_id=plan_id))[-count:]
+    for row in rows:
+        click.echo(json.dumps(row, sort_keys=True))
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    runtime = _runtime()
+    result = runtime.audit.verify()
+    if result.ok:
+        click.echo(f"audit trail intact: {result.entries} entries")
+        return
+    click.echo(f"audit trail BROKEN at entry {result.broken_entry} (entry {result.entries}): {result.reason}", err=True)
+    sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--since", default=None, help="RFC 3339 time; only entries at or after it")
+def audit_export(since: str | None) -> None:
+    runtime = _runtime()
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("an RFC 3339 time, e.g. 2026-11-01T00:00:00+00:00", param_hint="--since") from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+    for row in runtime.audit.records(since=start):
+        click.echo(json.dumps(row, sort_keys=True))
+
+
+# --- schema and configuration --------------------------------------------------------------------------------
+@main.command()
+@click.argument("action", required=False)
+def schema(action: str | None) -> None:
+    """Print the JSON Schema of the plan envelope, or of ACTION's params."""
+    from tasks import ACTIONS, find_action
+    from worker.plans import PlanEnvelope
+
+    if action is None:
+        out = {"envelope": PlanEnvelope.model_json_schema(),
+               "actions": {name: a.params_model.model_json_schema() for name, a in ACTIONS.items()}}
+    else:
+        found = find_action(action)
+        if found is None:
+            raise click.ClickException(f"unknown action {action}; known: {', '.join(ACTIONS)}")
+        out = found.params_model.model_json_schema()
+    click.echo(json.dumps(out, indent=2))
+
+
+@main.group()
+def config() -> None:
+    """Configuration."""
+
+
+@config.command("show")
+def config_show() -> None:
+    from config.accounts import AccountRegistry
+    from config.settings import load_settings
+
+    try:
+        settings = load_settings()
+        registry = AccountRegistry.load(settings.accounts_file)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    accounts = [
+        {**a.model_dump(mode="json", exclude={"external_id_env", "external_id_file"}),
+         "external_id": "***" if (a.external_id_env or a.external_id_file) else None}
+        for a in registry.accounts
+    ]
+    click.echo(json.dumps({"settings": settings.masked(), "accounts": accounts}, indent=2))
+
+
+# --- sandbox and demo ----------------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def sandbox(ctx: click.Context) -> None:
+    """Run the AWS commitment sandbox (see `commitd sandbox --help`)."""
+    from sandbox.__main__ import main as sandbox_main
+
+    sys.exit(sandbox_main(list(ctx.args)))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="leave the demo's Redis data in place")
+def demo(keep: bool) -> None:
+    """Run the whole path on this machine: sandbox, Redis, intake, a worker, sample plans."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The exactly-once executor: what a family task does with a plan id.
+
+Protocol (docs/exactly-once.md has the full argument):
+1. Only the holder of the plan's lease runs it; the ledger's compare-and-set makes every step atomic.
+2. ``prepare`` does the reads; the plan then moves to ``submitted`` with its intent (the token or customer id
+   derived from the plan id, the offering, the time) *before* anything is sent.
+3. Each send is written to the ledger before it goes out, so a worker that takes over after a crash knows a
+   send may have happened, and reconciles first.
+4. Mutating clients never retry on their own. The loop here re-sends directly where AWS deduplicates by token;
+   for calls without one, only after a reconciling read shows the effect is absent.
+5. When the outcome stays unknown after bounded reconciliation, the plan needs attention. It is never sent
+   again automatically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from config.accounts import AccountConfig
+from worker.actions import Action, Idempotency, PlanFailed
+from worker.errors import Outcome, classify, describe, error_code
+from worker.lease import Lease, LeaseLost
+from worker.ledger import ConcurrentUpdate, PlanRecord
+from worker.logs import get_logger, redact
+from worker.plans import PlanEnvelope, PlanState, describe_validation_error
+from worker.runtime import Runtime
+
+log = get_logger("commitd.execution")
+
+
+class RequeueLater(Exception):
+    """Give the plan back to the queue (nothing was sent); the task re-sends its message after a delay."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+@dataclass
+class ExecutionContext:
+    """What an action sees: its plan, its account, and audited AWS calls through the customer's role."""
+
+    runtime: Runtime
+    action: Action
+    plan: PlanEnvelope
+    account: AccountConfig
+    lease: Lease | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def plan_id(self) -> str:
+        return self.plan.plan_id
+
+    @property
+    def region(self) -> str:
+        return self.plan.region
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def client(self, purpose: str, service: str | None = None) -> Any:
+        return self.runtime.sessions.client(
+            self.account,
+            self.region,
+            service or self.action.service,
+            self.action.family,
+            "write" if purpose == "write" else "read",
+            self.plan_id,
+        )
+
+    def call(self, purpose: str, operation: str, service: str | None = None, **params: Any) -> dict[str, Any]:
+        """One AWS call, audited: operation, account, region, request id, outcome, duration, parameters."""
+        client = self.client(purpose, service)
+        if purpose == "write" and self.lease is not None:
+            self.lease.ensure_held()  # fencing: never send for a plan another worker has taken over
+        started = time.monotonic()
+        entry: dict[str, Any] = {
+            "event": "aws_call",
+            "plan_id": self.plan_id,
+            "account_id": self.account.account_id,
+            "region": self.region,
+            "service": service or self.action.service,
+            "operation": operation,
+            "mutating": purpose == "write",
+            "params": redact(_jsonable(params)),
+        }
+        try:
+            response: dict[str, Any] = getattr(client, operation)(**params)
+        except Exception as exc:
+            entry.update(
+                outcome=classify(exc).value,
+                error=describe(exc),
+                request_id=_request_id(getattr(exc, "response", None)),
+                duration_ms=round((time.monotonic() - started) * 1000, 2),
+            )
+            self.runtime.audit.append(entry)
+            raise
+        entry.update(
+            outcome="ok",
+            request_id=_request_id(response),
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        self.runtime.audit.append(entry)
+        self.calls.append({"operation": operation, "request_id": entry["request_id"]})
+        return response
+
+    def paginate(self, operation: str, result_key: str, service: str | None = None, **params: Any) -> list[Any]:
+        """A read, followed through every page (each page one audited call)."""
+        items: list[Any] = []
+        token_param, token_key = "NextToken", "NextToken"
+        while True:
+            page = self.call("read", operation, service, **params)
+            items.extend(page.get(result_key, []))
+            token = page.get(token_key)
+            if not token:
+                return items
+            params = {**params, token_param: token}
+
+    def claim(self, kind: str, resource_id: str) -> bool:
+        """Mark a resource as the result of a plan; False if another plan already holds it."""
+        key = self.runtime.key("claimed", kind, self.account.account_id, self.region)
+        return bool(self.runtime.redis.hsetnx(key, resource_id, self.plan_id)) or self.claimed_by(
+            kind, resource_id
+        ) == self.plan_id
+
+    def claimed_by(self, kind: str, resource_id: str) -> str | None:
+        key = self.runtime.key("claimed", kind, self.account.account_id, self.region)
+        value = self.runtime.redis.hget(key, resource_id)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def idempotency_token(self) -> str:
+        return derive_token(self.plan_id)
+
+
+def derive_token(plan_id: str) -> str:
+    """A ClientToken derived from the plan id: stable across retries, crashes and workers (≤ 64 ASCII)."""
+    import hashlib
+
+    return "commitd-" + hashlib.sha256(plan_id.encode()).hexdigest()[:40]
+
+
+def _request_id(response: Any) -> str | None:
+    if not isinstance(response, dict):
+        return None
+    return response.get("ResponseMetadata", {}).get("RequestId")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action]) -> str:
+    """Run one plan as far as it can go now. Returns the plan's state afterwards (or why it was not run)."""
+    record = runtime.ledger.get(plan_id)
+    if record is None:
+        log.warning("plan_not_found", plan_id=plan_id)
+        return "not_found"
+    if record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+        return record.state.value
+    lease = Lease(runtime.redis, runtime.key("lease", plan_id), runtime.worker_id, runtime.settings.lease_seconds)
+    if not lease.acquire():
+        log.info("plan_leased_elsewhere", plan_id=plan_id)
+        return "leased_elsewhere"
+    with lease:
+        try:
+            return _run_leased(runtime, plan_id, actions, lease).value
+        except ConcurrentUpdate:
+            log.warning("plan_changed_concurrently", plan_id=plan_id)
+            return "concurrent_update"
+        except LeaseLost:
+            log.warning("plan_lease_lost", plan_id=plan_id)
+            return "lease_lost"
+
+
+def _run_leased(runtime: Runtime, plan_id: str, actions: dict[str, Action], lease: Lease) -> PlanState:
+    ledger = runtime.ledger
+    settings = runtime.settings
+    record = ledger.get(plan_id)
+    if record is None or record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+        return record.state if record else PlanState.FAILED
+    plan = PlanEnvelope.model_validate(record.plan)
+
+    if record.attempts >= settings.max_attempts:
+        # A poison message or a plan that keeps crashing its worker: stop here.
+        note = f"gave up after {record.attempts} attempts"
+        if record.state == PlanState.SUBMITTED:
+            return _needs_attention(runtime, record, note, {"code": "AttemptsExhausted", "message": note}).state
+        if record.state == PlanState.QUEUED:
+            record = ledger.transition(record, PlanState.RUNNING, "attempt limit reached")
+        return ledger.transition(
+            record, PlanState.FAILED, note, error={"code": "AttemptsExhausted", "message": note + "; nothing was sent"}
+        ).state
+    record = ledger.update(record, f"attempt {record.attempts + 1}", attempts=record.attempts + 1)
+
+    action = actions[plan.action]
+    account = runtime.accounts.get(plan.account_id)
+    if account is None:  # the account was removed from the configuration after intake
+        if record.state == PlanState.QUEUED:
+            record = ledger.transition(record, PlanState.RUNNING, "account check")
+        if record.state == PlanState.RUNNING:
+            error = {"code": "UnknownAccount", "message": f"account {plan.account_id} is no longer configured"}
+            return ledger.transition(record, PlanState.FAILED, "account not configured", error=error).state
+    assert account is not None
+    ctx = ExecutionContext(runtime, action, plan, account, lease)
+
+    if record.state == PlanState.QUEUED:
+        if plan.expires_at and ctx.now() >= plan.expires_at:
+            return ledger.transition(record, PlanState.EXPIRED, "expired before it ran").state
+        record = ledger.transition(record, PlanState.RUNNING, "picked up by a worker")
+    if record.state == PlanState.RUNNING:
+        record = _prepare(ctx, record)
+    if record.state == PlanState.SUBMITTED:
+        record = _settle(ctx, record)
+    return record.state
+
+
+def _prepare(ctx: ExecutionContext, record: PlanRecord) -> PlanRecord:
+    ledger = ctx.runtime.ledger
+    action = ctx.action
+    try:
+        params = action.params_model.model_validate(ctx.plan.params)
+    except ValidationError as exc:
+        error = {"code": "InvalidParams", "message": describe_validation_error(exc, "params")}
+        return ledger.transition(record, PlanState.FAILED, "invalid params", error=error)
+    if ctx.plan.expires_at and ctx.now() >= ctx.plan.expires_at:
+        return ledger.transition(record, PlanState.EXPIRED, "expired before it was sent")
+    try:
+        intent = action.prepare(ctx, params)
+    except PlanFailed as exc:
+        failure: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.details:
+            failure["details"] = exc.details
+        return ledger.transition(record, PlanState.FAILED, exc.message, error=failure)
+    except Exception as exc:  # a read that kept failing: nothing was sent, so trying later is safe
+        if classify(exc) == Outcome.TERMINAL:
+            return ledger.transition(record, PlanState.FAILED, "a read before the call failed", error=describe(exc))
+        ledger.transition(record, PlanState.QUEUED, "reads failed; will try again", error=describe(exc))
+        raise RequeueLater(f"reads failed: {describe(exc)['code']}", ctx.runtime.settings.retry_max_seconds) from exc
+
+    dry_run = ctx.plan.dry_run or ctx.account.read_only
+    if dry_run:
+        result = action.dry_run(ctx, params, intent)
+        note = "dry run (read-only trial role)" if ctx.account.read_only and not ctx.plan.dry_run else "dry run"
+        return ledger.transition(record, PlanState.SUCCEEDED, note, result={**result, "dry_run": True})
+
+    signature = intent.get("signature")
+    if signature:
+        holder = _take_signature(ctx, signature)
+        if holder is not None:
+            holder_record = ledger.get(holder)
+            if holder_record is not None and holder_record.state == PlanState.NEEDS_ATTENTION:
+                error = {
+                    "code": "BlockedByUnsettledPlan",
+                    "message": f"plan {holder} bought the same thing and its outcome is unknown; settle it first",
+                }
+                return ledger.transition(record, PlanState.NEEDS_ATTENTION, error["message"], error=error)
+            ledger.transition(record, PlanState.QUEUED, f"waiting for plan {holder} (same purchase)")
+            raise RequeueLater(f"waiting for plan {holder}", 2.0)
+
+    idempotency: dict[str, str] | None = None
+    if intent.get("idempotency_value"):
+        idempotency = {"kind": action.idempotency.value, "value": str(intent["idempotency_value"])}
+    intent = {**intent, "sends": 0, "intent_time": ctx.now().isoformat()}
+    return ledger.transition(record, PlanState.SUBMITTED, "intent recorded", intent=intent, idempotency=idempotency)
+
+
+def _take_signature(ctx: ExecutionContext, signature: str) -> str | None:
+    """One plan at a time per purchase signature (calls without a token): returns the other holder, if any."""
+    key = ctx.runtime.key("inflight", signature)
+    redis = ctx.runtime.redis
+    for _ in range(3):
+        if redis.set(key, ctx.plan_id, nx=True):
+            return None
+        holder_raw = redis.get(key)
+        holder = holder_raw.decode() if isinstance(holder_raw, bytes) else holder_raw
+        if holder is None:
+            continue
+        if holder == ctx.plan_id:
+            return None
+        holder_record = ctx.runtime.ledger.get(holder)
+        if holder_record is None or holder_record.terminal:
+            # A holder that settled but crashed before releasing: take over, only if it is still that holder.
+            with redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    current = pipe.get(key)
+                    if (current.decode() if isinstance(current, bytes) else current) == holder:
+                        pipe.multi()
+                        pipe.set(key, ctx.plan_id)
+                        pipe.execute()
+                        return None
+                except Exception:
+                    continue
+            continue
+        return holder
+    return "unknown"
+
+
+def _release_signature(ctx: ExecutionContext, record: PlanRecord) -> None:
+    signature = (record.intent or {}).get("signature")
+    if not signature:
+        return
+    key = ctx.runtime.key("inflight", signature)
+    redis = ctx.runtime.redis
+    holder = redis.get(key)
+    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == ctx.plan_id:
+        redis.delete(key)
+
+
+def _settle(ctx: ExecutionContext, record: PlanRecord) -> PlanRecord:
+    """Send (at most once per plan) and reconcile until the outcome is known, within bounds."""
+    ledger = ctx.runtime.ledger
+    settings = ctx.runtime.settings
+    action = ctx.action
+    params = action.params_model.model_validate(ctx.plan.params)
+    intent = dict(record.intent or {})
+    # Anything sent before (by this worker or one that died): for calls without a token, look before sending.
+    must_reconcile = intent.get("sends", 0) > 0
+    last_error: dict[str, Any] | None = None
+    last_outcome: Outcome | None = None
+    reconciled_absent = False
+
+    for attempt in range(settings.call_attempts):
+        if attempt:
+            time.sleep(min(settings.retry_base_seconds * 2 ** (attempt - 1), settings.retry_max_seconds))
+        if must_reconcile and action.idempotency != Idempotency.CLIENT_TOKEN:
+            try:
+                found = action.reconcile(ctx, params, intent)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                last_error, last_outcome, reconciled_absent = describe(exc), Outcome.UNKNOWN, False
+                log.warning("reconcile_failed", plan_id=ctx.plan_id, error=last_error)
+                continue
+            if found.found is not None:
+                return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
+            reconciled_absent = True
+        # Write down that a send is about to happen, then send.
+        intent["sends"] = intent.get("sends", 0) + 1
+        intent["last_send_at"] = ctx.now().isoformat()
+        record = ledger.update(record, f"send {intent['sends']}", intent=intent)
+        try:
+            result = action.submit(ctx, params, intent)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            outcome = classify(exc)
+            code = error_code(exc)
+            last_error, last_outcome = describe(exc), outcome
+            if code in action.done_signals:
+                must_reconcile = True
+                last_outcome = Outcome.UNKNOWN
+                continue
+            if outcome == Outcome.TERMINAL:
+                _release_signature(ctx, record)
+                return ledger.transition(record, PlanState.FAILED, f"AWS refused: {code}", error=last_error)
+            must_reconcile = outcome != Outcome.NOT_SENT or must_reconcile
+            reconciled_absent = False
+            log.warning("send_failed", plan_id=ctx.plan_id, outcome=outcome.value, error=last_error)
+            continue
+        return _succeed(ctx, record, result, "AWS accepted the call")
+
+    # Out of attempts. One last look settles it when it can.
+    if action.idempotency != Idempotency.CLIENT_TOKEN or last_outcome in (Outcome.UNKNOWN, Outcome.SERVER_ERROR):
+        try:
+            found = action.reconcile(ctx, params, intent)
+            if found.found is not None:
+                return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
+            reconciled_absent = True
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            last_error, reconciled_absent = describe(exc), False
+    if reconciled_absent and last_outcome in (Outcome.THROTTLED, Outcome.NOT_SENT):
+        # AWS answered every send with a refusal to act, and the reads confirm nothing exists.
+        _release_signature(ctx, record)
+        return ledger.transition(
+            record, PlanState.FAILED, "AWS kept refusing; nothing was bought", error=last_error or {}
+        )
+    return _needs_attention(
+        ctx.runtime,
+        record,
+        "outcome unknown after bounded reconciliation",
+        {
+            "code": "OutcomeUnknown",
+            "message": "the call may or may not have taken effect; check AWS before settling this plan "
+            "(commitd plans resolve)",
+            "last_error": last_error,
+            "intent": intent,
+        },
+    )
+
+
+def _succeed(ctx: ExecutionContext, record: PlanRecord, result: dict[str, Any], note: str) -> PlanRecord:
+    result = {**result, "aws_calls": ctx.calls[-10:]}
+    record = ctx.runtime.ledger.transition(record, PlanState.SUCCEEDED, note, result=result, error=None)
+    _release_signature(ctx, record)
+    return record
+
+
+def _needs_attention(runtime: Runtime, record: PlanRecord, note: str, error: dict[str, Any]) -> PlanRecord:
+    return runtime.ledger.transition(record, PlanState.NEEDS_ATTENTION, note, error=error)

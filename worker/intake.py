@@ -1,0 +1,287 @@
+"""Intake: plans from the Redis stream ``{prefix}plans`` (and ``commitd submit``) into the ledger.
+
+Nothing is dropped: every entry ends as a plan record (accepted or ``rejected`` with a reason a person can act
+on), and rejected input is also copied to the dead-letter stream ``{prefix}rejected``. A stream entry is
+acknowledged only after its plan is recorded; entries left pending by a dead consumer are claimed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from worker.actions import Action
+from worker.ledger import PlanExists, PlanRecord
+from worker.logs import get_logger
+from worker.plans import PLAN_ID_PATTERN, PlanEnvelope, PlanState, describe_validation_error, regions_for
+from worker.runtime import Runtime
+
+log = get_logger("commitd.intake")
+GROUP = "commitd-intake"
+_PLAN_ID = __import__("re").compile(PLAN_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    plan_id: str
+    state: str
+    outcome: str  # "accepted", "rejected", "existing", "conflict"
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("accepted", "existing")
+
+
+class Rejection(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Intake:
+    def __init__(self, runtime: Runtime, actions: dict[str, Action], enqueue: Any) -> None:
+        self.runtime = runtime
+        self.actions = actions
+        self.enqueue = enqueue  # (family, plan_id) -> None
+        self.ledger = runtime.ledger
+        self.redis = runtime.redis
+        self.stream = runtime.key("plans")
+        self.dead_letter = runtime.key("rejected")
+        self.scheduled = runtime.key("scheduled")
+
+    # --- one plan --------------------------------------------------------------------------------------------
+    def submit_raw(self, raw: str | bytes, source: str, entry_id: str | None = None) -> IntakeResult:
+        """Record one plan given as JSON text. Never raises for bad input: bad input becomes a rejection."""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        limit = self.runtime.settings.max_plan_bytes
+        data: Any = None
+        try:
+            if len(text.encode()) > limit:
+                raise Rejection(f"plan is {len(text.encode())} bytes; the limit is {limit} (COMMITD_MAX_PLAN_BYTES)")
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise Rejection(f"not valid JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise Rejection(f"a plan is a JSON object, not {type(data).__name__}")
+            return self.submit(data, source)
+        except Rejection as rejection:
+            plan_id = self._rejected_id(data, text, entry_id)
+            return self._reject(plan_id, data if isinstance(data, dict) else None, text, rejection.reason, source)
+
+    def submit(self, data: dict[str, Any], source: str) -> IntakeResult:
+        try:
+            envelope = PlanEnvelope.model_validate(data)
+        except ValidationError as exc:
+            raise Rejection(describe_validation_error(exc)) from None
+        action = self._action(envelope.action)
+        envelope = envelope.model_copy(update={"action": action.action})
+        account = self.runtime.accounts.get(envelope.account_id)
+        if account is None:
+            raise Rejection(f"account_id: {envelope.account_id} is not a configured account")
+        if not account.allows(action.action):
+            raise Rejection(f"action: {action.action} is not allowed for account {envelope.account_id}")
+        if envelope.region not in regions_for(action.service):
+            raise Rejection(f"region: {envelope.region!r} is not a region where {action.service} exists")
+        try:
+            params = action.params_model.model_validate(envelope.params)
+        except ValidationError as exc:
+            raise Rejection(describe_validation_error(exc, "params")) from None
+        ceiling = action.max_spend_usd(params)
+        limit = account.limits.max_upfront_usd_per_plan
+        if ceiling is not None and limit is not None and ceiling > limit:
+            raise Rejection(
+                f"params: the plan may spend up to {ceiling} USD upfront; account {envelope.account_id} allows "
+                f"at most {limit} per plan"
+            )
+        return self._record(envelope, source)
+
+    def _action(self, name: str) -> Action:
+        from tasks.families import family_of
+
+        for key, action in self.actions.items():
+            if key.lower() == name.lower():
+                return action
+        if family_of(name) is not None:
+            raise Rejection(f"action: {name} is in the production role but not supported by this commitd yet")
+        raise Rejection(f"action: {name!r} is not one of the IAM write actions commitd carries out")
+
+    def _record(self, envelope: PlanEnvelope, source: str) -> IntakeResult:
+        canonical = envelope.canonical()
+        existing = self.ledger.get(envelope.plan_id)
+        if existing is not None:
+            return self._existing(existing, canonical, source)
+        now = _now()
+        record = PlanRecord(
+            plan_id=envelope.plan_id,
+            state=PlanState.RECEIVED,
+            plan=envelope.model_dump(mode="json"),
+            canonical=canonical,
+            received_at=now,
+            updated_at=now,
+        )
+        try:
+            record = self.ledger.create(record, note=f"received from {source}")
+        except PlanExists:
+            existing = self.ledger.get(envelope.plan_id)
+            assert existing is not None
+            return self._existing(existing, canonical, source)
+        record = self.route(record, envelope)
+        return IntakeResult(record.plan_id, record.state.value, "accepted")
+
+    def route(self, record: PlanRecord, envelope: PlanEnvelope) -> PlanRecord:
+        """received → expired | scheduled | queued (and the task message sent)."""
+        now = _now()
+        if envelope.expires_at and envelope.expires_at <= now:
+            return self.ledger.transition(record, PlanState.EXPIRED, "expired before intake")
+        if envelope.not_before and envelope.not_before > now:
+            record = self.ledger.transition(record, PlanState.SCHEDULED, f"not before {envelope.not_before}")
+            self.redis.zadd(self.scheduled, {record.plan_id: envelope.not_before.timestamp()})
+            return record
+        record = self.ledger.transition(record, PlanState.QUEUED, "queued for its family's worker")
+        self.enqueue(self.actions[envelope.action].family, record.plan_id)
+        return record
+
+    def _existing(self, existing: PlanRecord, canonical: str, source: str) -> IntakeResult:
+        if existing.canonical == canonical:
+            return IntakeResult(existing.plan_id, existing.state.value, "existing", "already recorded; nothing changed")
+        reason = f"plan_id {existing.plan_id} already exists with different content; refused as a conflict"
+        self._dead_letter(existing.plan_id, canonical, reason, source)
+        self.runtime.audit.append({"event": "plan_conflict", "plan_id": existing.plan_id, "source": source})
+        return IntakeResult(existing.plan_id, existing.state.value, "conflict", reason)
+
+    # --- rejections ----------------------------------------------------------------------------------------
+    def _rejected_id(self, data: Any, text: str, entry_id: str | None) -> str:
+        if isinstance(data, dict):
+            candidate = data.get("plan_id")
+            if isinstance(candidate, str) and _PLAN_ID.match(candidate):
+                return candidate
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return f"rejected-{entry_id.replace('-', '.') if entry_id else digest}"
+
+    def _reject(self, plan_id: str, data: dict[str, Any] | None, text: str, reason: str, source: str) -> IntakeResult:
+        limit = self.runtime.settings.max_plan_bytes
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":")) if data is not None else text
+        existing = self.ledger.get(plan_id)
+        if existing is not None:
+            if existing.canonical == canonical:
+                return IntakeResult(plan_id, existing.state.value, "existing", existing.error["message"]
+                                    if existing.error else "already recorded")
+            self._dead_letter(plan_id, text[:limit], reason, source)
+            return IntakeResult(plan_id, existing.state.value, "conflict",
+                                f"{reason} (and plan_id {plan_id} already exists)")
+        now = _now()
+        record = PlanRecord(
+            plan_id=plan_id,
+            state=PlanState.RECEIVED,
+            plan=data if data is not None and len(text.encode()) <= limit else None,
+            canonical=canonical if len(canonical.encode()) <= limit else hashlib.sha256(canonical.encode()).hexdigest(),
+            received_at=now,
+            updated_at=now,
+        )
+        try:
+            record = self.ledger.create(record, note=f"received from {source}")
+        except PlanExists:
+            return IntakeResult(plan_id, "rejected", "conflict", reason)
+        self.ledger.transition(record, PlanState.REJECTED, reason, error={"code": "InvalidPlan", "message": reason})
+        self._dead_letter(plan_id, text[:limit], reason, source)
+        log.warning("plan_rejected", plan_id=plan_id, reason=reason, source=source)
+        return IntakeResult(plan_id, PlanState.REJECTED.value, "rejected", reason)
+
+    def _dead_letter(self, plan_id: str, text: str, reason: str, source: str) -> None:
+        self.redis.xadd(
+            self.dead_letter,
+            {"plan_id": plan_id, "reason": reason, "source": source, "plan": text, "at": _now().isoformat()},
+        )
+
+    # --- the stream ----------------------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def consume_once(self, consumer: str, block_ms: int = 1000, count: int = 50, claim_idle_ms: int = 30_000) -> int:
+        """Read (and re-claim stale) entries, record each, acknowledge each after it is recorded."""
+        self.ensure_group()
+        handled = 0
+        _, claimed, _ = self.redis.xautoclaim(self.stream, GROUP, consumer, min_idle_time=claim_idle_ms, count=count)
+        batches = [claimed] if claimed else []
+        response = self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        for _, entries in response or []:
+            batches.append(entries)
+        for entries in batches:
+            for entry_id, fields in entries:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                raw = fields.get(b"plan", fields.get("plan"))
+                if raw is None:
+                    raw = json.dumps({k.decode() if isinstance(k, bytes) else k: v.decode()
+                                      if isinstance(v, bytes) else v for k, v in fields.items()})
+                    result = self._reject(self._rejected_id(None, raw, eid), None, raw,
+                                          "stream entry has no 'plan' field", f"stream {eid}")
+                else:
+                    result = self.submit_raw(raw, f"stream {eid}", eid)
+                self.redis.xack(self.stream, GROUP, eid)
+                log.info("intake_entry", entry_id=eid, plan_id=result.plan_id, outcome=result.outcome,
+                         state=result.state)
+                handled += 1
+        return handled
+
+    # --- the sweeper -----------------------------------------------------------------------------------------
+    def sweep(self) -> dict[str, int]:
+        """Move due scheduled plans to the queue and re-send plans whose worker vanished."""
+        counts = {"due": 0, "resent": 0}
+        now = _now()
+        for raw in self.redis.zrangebyscore(self.scheduled, 0, now.timestamp()):
+            plan_id = raw.decode() if isinstance(raw, bytes) else raw
+            record = self.ledger.get(plan_id)
+            if record is not None and record.state == PlanState.SCHEDULED:
+                envelope = PlanEnvelope.model_validate(record.plan)
+                if envelope.expires_at and envelope.expires_at <= now:
+                    self.ledger.transition(record, PlanState.EXPIRED, "expired while scheduled")
+                else:
+                    self.ledger.transition(record, PlanState.QUEUED, "not_before reached")
+                    self.enqueue(self.actions[envelope.action].family, plan_id)
+                counts["due"] += 1
+            self.redis.zrem(self.scheduled, plan_id)
+        stalled_after = self.runtime.settings.stalled_after
+        for state in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+            for record in self.ledger.list(state):
+                idle = (now - record.updated_at).total_seconds()
+                threshold = stalled_after if state == PlanState.QUEUED else self.runtime.settings.lease_seconds
+                if idle < threshold or self.redis.exists(self.runtime.key("lease", record.plan_id)):
+                    continue
+                envelope = PlanEnvelope.model_validate(record.plan)
+                self.enqueue(self.actions[envelope.action].family, record.plan_id)
+                self.ledger.update(record, "re-sent by the sweeper: no worker holds it")
+                counts["resent"] += 1
+        return counts
+
+    def run_forever(self, stop: threading.Event, consumer: str | None = None) -> None:
+        consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        last_sweep = 0.0
+        while not stop.is_set():
+            try:
+                self.consume_once(consumer, block_ms=500)
+                if time.monotonic() - last_sweep >= self.runtime.settings.sweep_interval:
+                    self.sweep()
+                    last_sweep = time.monotonic()
+            except redis.RedisError as exc:
+                log.error("intake_redis_error", error=str(exc))
+                stop.wait(1.0)

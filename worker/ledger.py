@@ -1,0 +1,239 @@
+"""The plan ledger: one Redis record per plan, changed only by atomic, audited transitions.
+
+A record is a Redis hash ``{prefix}plan:<id>`` with ``record`` (JSON) and ``version``. Every change is a
+compare-and-set on the version, done in one Lua script together with the audit entry that describes it, so a
+transition and its audit record are never separated, and two workers can never both move a plan. The state
+machine itself (which state may follow which) is checked here, before the script runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from worker.audit import AuditLog, prepare
+from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
+
+_WRITE = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '' then
+  if v then return {0, 'exists'} end
+elseif v ~= ARGV[1] then
+  return {0, 'version'}
+end
+if (redis.call('GET', KEYS[5]) or '') ~= ARGV[5] then return {0, 'audit'} end
+redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[2])
+if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], ARGV[4]) end
+redis.call('SADD', KEYS[3], ARGV[4])
+if ARGV[1] == '' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[4]) end
+local id = redis.call('XADD', KEYS[4], '*', 'data', ARGV[7], 'prev', ARGV[6], 'hash', ARGV[8])
+redis.call('SET', KEYS[5], ARGV[8])
+return {1, id}
+"""
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class ConcurrentUpdate(RuntimeError):
+    """Another process changed the plan first; reload and decide again."""
+
+
+class PlanExists(RuntimeError):
+    pass
+
+
+class Transition(BaseModel):
+    state: PlanState
+    at: datetime
+    note: str = ""
+
+
+class PlanRecord(BaseModel):
+    plan_id: str
+    state: PlanState
+    plan: dict[str, Any] | None = None
+    canonical: str | None = Field(None, description="the plan as stable JSON, for resubmission checks")
+    received_at: datetime
+    updated_at: datetime
+    history: list[Transition] = Field(default_factory=list)
+    attempts: int = 0
+    idempotency: dict[str, str] | None = Field(None, description="the token or customer id used, and its kind")
+    intent: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    version: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def public(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"canonical", "version"})
+        return data
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.audit = AuditLog(client, prefix)
+        self._write = client.register_script(_WRITE)
+
+    # --- keys -----------------------------------------------------------------------------------------------
+    def _plan_key(self, plan_id: str) -> str:
+        return f"{self.prefix}plan:{plan_id}"
+
+    def _state_key(self, state: PlanState | str) -> str:
+        return f"{self.prefix}index:state:{PlanState(state).value}"
+
+    @property
+    def _index_key(self) -> str:
+        return f"{self.prefix}index:plans"
+
+    # --- reads ----------------------------------------------------------------------------------------------
+    def get(self, plan_id: str) -> PlanRecord | None:
+        raw = self.redis.hget(self._plan_key(plan_id), "record")
+        if raw is None:
+            return None
+        return PlanRecord.model_validate_json(raw)
+
+    def ids(self, state: PlanState | None = None) -> list[str]:
+        if state is None:
+            return [_text(i) for i in self.redis.zrange(self._index_key, 0, -1)]
+        return sorted(_text(i) for i in self.redis.smembers(self._state_key(state)))
+
+    def list(self, state: PlanState | None = None) -> list[PlanRecord]:
+        ids = self.ids(state)
+        records = []
+        pipe = self.redis.pipeline(transaction=False)
+        for plan_id in ids:
+            pipe.hget(self._plan_key(plan_id), "record")
+        for raw in pipe.execute() if ids else []:
+            if raw is not None:
+                records.append(PlanRecord.model_validate_json(raw))
+        records.sort(key=lambda r: r.received_at)
+        return records
+
+    # --- writes ---------------------------------------------------------------------------------------------
+    def _commit(self, old: PlanRecord | None, new: PlanRecord, audit: dict[str, Any]) -> PlanRecord:
+        new.version = (old.version if old else 0) + 1
+        for _ in range(100):
+            entry = prepare(self.audit.head(), audit)
+            ok, detail = self._write(
+                keys=[
+                    self._plan_key(new.plan_id),
+                    self._state_key(old.state if old else new.state),
+                    self._state_key(new.state),
+                    self.audit.stream,
+                    self.audit.head_key,
+                    self._index_key,
+                ],
+                args=[
+                    str(old.version) if old else "",
+                    str(new.version),
+                    new.model_dump_json(),
+                    new.plan_id,
+                    entry.raw_head,
+                    entry.prev,
+                    entry.data_json,
+                    entry.hash,
+                    new.received_at.timestamp(),
+                ],
+            )
+            if ok:
+                from worker.audit import log
+
+                fields = json.loads(entry.data_json)
+                log.info(fields.pop("event", "plan"), **fields)
+                return new
+            reason = _text(detail)
+            if reason == "exists":
+                raise PlanExists(new.plan_id)
+            if reason == "version":
+                raise ConcurrentUpdate(new.plan_id)
+            # 'audit': another writer appended first; prepare again on the new head.
+        raise ConcurrentUpdate(f"{new.plan_id}: audit head kept moving")
+
+    def create(self, record: PlanRecord, note: str = "") -> PlanRecord:
+        record.history = [Transition(state=record.state, at=record.received_at, note=note)]
+        return self._commit(
+            None,
+            record,
+            {
+                "event": "plan_recorded",
+                "plan_id": record.plan_id,
+                "state": record.state.value,
+                "note": note,
+                "action": (record.plan or {}).get("action"),
+                "account_id": (record.plan or {}).get("account_id"),
+            },
+        )
+
+    def transition(
+        self,
+        record: PlanRecord,
+        to: PlanState,
+        note: str = "",
+        **changes: Any,
+    ) -> PlanRecord:
+        """Move ``record`` (as last read) to ``to``; refused if the state machine forbids it or if the plan
+        changed since it was read."""
+        if to not in TRANSITIONS[record.state]:
+            raise InvalidTransition(f"plan {record.plan_id}: {record.state.value} -> {to.value} is not allowed")
+        return self._update(record, to, note, **changes)
+
+    def update(self, record: PlanRecord, note: str, **changes: Any) -> PlanRecord:
+        """Change fields without changing state (an attempt count, a send recorded in the intent)."""
+        return self._update(record, record.state, note, **changes)
+
+    def _update(self, record: PlanRecord, to: PlanState, note: str, **changes: Any) -> PlanRecord:
+        now = _now()
+        new = record.model_copy(deep=True, update=changes)
+        new.state = to
+        new.updated_at = now
+        if to != record.state:
+            new.history.append(Transition(state=to, at=now, note=note))
+        audit = {
+            "event": "plan_transition" if to != record.state else "plan_updated",
+            "plan_id": record.plan_id,
+            "from": record.state.value,
+            "to": to.value,
+            "note": note,
+            "attempts": new.attempts,
+        }
+        for key in ("error", "result", "idempotency"):
+            if key in changes and changes[key] is not None:
+                audit[key] = changes[key]
+        return self._commit(record, new, audit)
+
+    def purge(self, states: Iterable[PlanState], older_than: datetime) -> int:
+        """Delete terminal plan records last changed before ``older_than``. The audit trail is kept."""
+        removed = 0
+        for state in states:
+            if state not in TERMINAL_STATES:
+                raise ValueError(f"only terminal plans can be purged, not {state.value}")
+            for record in self.list(state):
+                if record.updated_at < older_than:
+                    pipe = self.redis.pipeline(transaction=True)
+                    pipe.delete(self._plan_key(record.plan_id))
+                    pipe.srem(self._state_key(state), record.plan_id)
+                    pipe.zrem(self._index_key, record.plan_id)
+                    pipe.execute()
+                    self.audit.append({"event": "plan_purged", "plan_id": record.plan_id, "state": state.value})
+                    removed += 1
+        return removed

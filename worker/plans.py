@@ -1,0 +1,138 @@
+"""The plan: commitd's public contract (version 1), and the states a plan moves through."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from functools import cache
+from typing import Any, Literal
+
+import botocore.session
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PLAN_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+class PlanState(StrEnum):
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    SCHEDULED = "scheduled"
+    AWAITING_APPROVAL = "awaiting_approval"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NEEDS_ATTENTION = "needs_attention"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATES = frozenset(
+    {PlanState.REJECTED, PlanState.SUCCEEDED, PlanState.FAILED, PlanState.CANCELLED, PlanState.EXPIRED}
+)
+
+# Which state may follow which. Anything else is refused by the ledger.
+TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
+    PlanState.RECEIVED: frozenset(
+        {PlanState.REJECTED, PlanState.SCHEDULED, PlanState.AWAITING_APPROVAL, PlanState.QUEUED, PlanState.EXPIRED}
+    ),
+    PlanState.SCHEDULED: frozenset({PlanState.QUEUED, PlanState.CANCELLED, PlanState.EXPIRED}),
+    PlanState.AWAITING_APPROVAL: frozenset({PlanState.QUEUED, PlanState.CANCELLED, PlanState.EXPIRED}),
+    PlanState.QUEUED: frozenset({PlanState.RUNNING, PlanState.CANCELLED, PlanState.EXPIRED, PlanState.NEEDS_ATTENTION}),
+    # running -> queued: given back before anything was sent (for example the account's signature lock is busy).
+    PlanState.RUNNING: frozenset(
+        {PlanState.SUBMITTED, PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION, PlanState.QUEUED,
+         PlanState.EXPIRED}
+    ),
+    PlanState.SUBMITTED: frozenset({PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION}),
+    # A person settles a plan that needs attention, after checking AWS.
+    PlanState.NEEDS_ATTENTION: frozenset(
+        {PlanState.SUCCEEDED, PlanState.FAILED, PlanState.CANCELLED, PlanState.QUEUED}
+    ),
+    PlanState.REJECTED: frozenset(),
+    PlanState.SUCCEEDED: frozenset(),
+    PlanState.FAILED: frozenset(),
+    PlanState.CANCELLED: frozenset(),
+    PlanState.EXPIRED: frozenset(),
+}
+
+Trigger = Literal["queued", "renewal", "resale", "operator"]
+
+
+@cache
+def _partition_regions(service: str) -> frozenset[str]:
+    session = botocore.session.get_session()
+    return frozenset(session.get_available_regions(service))
+
+
+def regions_for(service: str) -> frozenset[str]:
+    """Regions where botocore knows the service (global services answer in us-east-1)."""
+    regions = _partition_regions(service)
+    return regions or frozenset({"us-east-1"})
+
+
+class PlanEnvelope(BaseModel):
+    """Version 1 of a plan. ``params`` is checked separately by the action's own model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plan_id: str = Field(pattern=PLAN_ID_PATTERN, description="unique id; the idempotency key of the plan")
+    action: str = Field(description="IAM action name, e.g. ec2:PurchaseReservedInstancesOffering")
+    account_id: str = Field(pattern=r"^\d{12}$", description="a registered customer account")
+    region: str = Field(min_length=1)
+    params: dict[str, Any] = Field(description="the action's parameters")
+    requested_by: str = Field(min_length=1, max_length=256)
+    trigger: Trigger
+    not_before: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    dry_run: bool = False
+    notes: str | None = Field(None, max_length=4096)
+
+    @field_validator("requested_by")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> PlanEnvelope:
+        if self.not_before and self.expires_at and self.expires_at <= self.not_before:
+            raise ValueError("expires_at must be after not_before")
+        return self
+
+    def canonical(self) -> str:
+        """The plan's content as stable JSON, for detecting a resubmission with different content."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field: 'params.instance_count: must be ≥ 1'."""
+    lines = []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err["loc"])
+        if prefix:
+            location = f"{prefix}.{location}" if location else prefix
+        message = err["msg"]
+        if err["type"] == "greater_than_equal":
+            message = f"must be ≥ {err['ctx']['ge']}"
+        elif err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "is required"
+        lines.append(f"{location}: {message}" if location else message)
+    return "; ".join(lines)
+
+
+def parse_timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value)

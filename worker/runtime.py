@@ -1,0 +1,82 @@
+"""The objects a daemon process shares: settings, Redis, ledger, accounts, AWS sessions.
+
+Built once per process, on first use, from the environment; tests build their own with explicit settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from config.accounts import AccountRegistry
+from config.settings import Settings, get_settings
+from worker.audit import AuditLog
+from worker.aws import AwsSessions
+from worker.ledger import Ledger
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.redis, self.settings.key_prefix)
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.ledger.audit
+
+    @cached_property
+    def accounts(self) -> AccountRegistry:
+        registry = AccountRegistry.load(self.settings.accounts_file)
+        registry.check_secrets()
+        return registry
+
+    @cached_property
+    def sessions(self) -> AwsSessions:
+        return AwsSessions(self.settings)
+
+    def key(self, *parts: str) -> str:
+        return self.settings.key(*parts)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _set(Runtime(get_settings()))
+        assert _runtime is not None
+        return _runtime
+
+
+_runtime_pid = -1
+
+
+def _set(runtime: Runtime) -> None:
+    global _runtime, _runtime_pid
+    _runtime = runtime
+    _runtime_pid = os.getpid()
+
+
+def set_runtime(runtime: Runtime) -> None:
+    """Use this runtime in this process (tests, the demo)."""
+    with _lock:
+        _set(runtime)
