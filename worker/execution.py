@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from config.accounts import AccountConfig
 from worker.actions import Action, Idempotency, PlanFailed
@@ -320,75 +321,108 @@ def _release_signature(ctx: ExecutionContext, record: PlanRecord) -> None:
         redis.delete(key)
 
 
+class _Unsettled(Exception):
+    """This round did not settle the plan; tenacity decides whether and when to try again."""
+
+
+@dataclass
+class _SettleState:
+    intent: dict[str, Any]
+    must_reconcile: bool
+    last_error: dict[str, Any] | None = None
+    last_outcome: Outcome | None = None
+    reconciled_absent: bool = False
+
+
 def _settle(ctx: ExecutionContext, record: PlanRecord) -> PlanRecord:
     """Send (at most once per plan) and reconcile until the outcome is known, within bounds."""
-    ledger = ctx.runtime.ledger
     settings = ctx.runtime.settings
     action = ctx.action
     params = action.params_model.model_validate(ctx.plan.params)
     intent = dict(record.intent or {})
     # Anything sent before (by this worker or one that died): for calls without a token, look before sending.
-    must_reconcile = intent.get("sends", 0) > 0
-    last_error: dict[str, Any] | None = None
-    last_outcome: Outcome | None = None
-    reconciled_absent = False
+    state = _SettleState(intent=intent, must_reconcile=intent.get("sends", 0) > 0)
+    holder = [record]
+    retrying = Retrying(
+        stop=stop_after_attempt(settings.call_attempts),
+        wait=wait_exponential(multiplier=settings.retry_base_seconds, max=settings.retry_max_seconds),
+        retry=retry_if_exception_type(_Unsettled),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                settled = _settle_round(ctx, holder, params, state)
+                if settled is not None:
+                    return settled
+                raise _Unsettled()
+    except _Unsettled:
+        pass
+    return _give_up(ctx, holder[0], params, state)
 
-    for attempt in range(settings.call_attempts):
-        if attempt:
-            time.sleep(min(settings.retry_base_seconds * 2 ** (attempt - 1), settings.retry_max_seconds))
-        if must_reconcile and action.idempotency != Idempotency.CLIENT_TOKEN:
-            try:
-                found = action.reconcile(ctx, params, intent)
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                last_error, last_outcome, reconciled_absent = describe(exc), Outcome.UNKNOWN, False
-                log.warning("reconcile_failed", plan_id=ctx.plan_id, error=last_error)
-                continue
-            if found.found is not None:
-                return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
-            reconciled_absent = True
-        # Write down that a send is about to happen, then send.
-        intent["sends"] = intent.get("sends", 0) + 1
-        intent["last_send_at"] = ctx.now().isoformat()
-        record = ledger.update(record, f"send {intent['sends']}", intent=intent)
+
+def _settle_round(
+    ctx: ExecutionContext, holder: list[PlanRecord], params: Any, state: _SettleState
+) -> PlanRecord | None:
+    """One round: reconcile if the last outcome is unknown, else send. Returns the record once settled."""
+    action = ctx.action
+    if state.must_reconcile and action.idempotency != Idempotency.CLIENT_TOKEN:
         try:
-            result = action.submit(ctx, params, intent)
+            found = action.reconcile(ctx, params, state.intent)
         except LeaseLost:
             raise
         except Exception as exc:
-            outcome = classify(exc)
-            code = error_code(exc)
-            last_error, last_outcome = describe(exc), outcome
-            if code in action.done_signals:
-                must_reconcile = True
-                last_outcome = Outcome.UNKNOWN
-                continue
-            if outcome == Outcome.TERMINAL:
-                _release_signature(ctx, record)
-                return ledger.transition(record, PlanState.FAILED, f"AWS refused: {code}", error=last_error)
-            must_reconcile = outcome != Outcome.NOT_SENT or must_reconcile
-            reconciled_absent = False
-            log.warning("send_failed", plan_id=ctx.plan_id, outcome=outcome.value, error=last_error)
-            continue
-        return _succeed(ctx, record, result, "AWS accepted the call")
+            state.last_error, state.last_outcome, state.reconciled_absent = describe(exc), Outcome.UNKNOWN, False
+            log.warning("reconcile_failed", plan_id=ctx.plan_id, error=state.last_error)
+            return None
+        if found.found is not None:
+            return _succeed(ctx, holder[0], {**found.found, "reconciled": True}, "found by reconciliation")
+        state.reconciled_absent = True
+    # Write down that a send is about to happen, then send.
+    state.intent["sends"] = state.intent.get("sends", 0) + 1
+    state.intent["last_send_at"] = ctx.now().isoformat()
+    holder[0] = ctx.runtime.ledger.update(holder[0], f"send {state.intent['sends']}", intent=state.intent)
+    try:
+        result = action.submit(ctx, params, state.intent)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        outcome = classify(exc)
+        code = error_code(exc)
+        state.last_error, state.last_outcome = describe(exc), outcome
+        if code in action.done_signals:
+            state.must_reconcile, state.last_outcome = True, Outcome.UNKNOWN
+            return None
+        if outcome == Outcome.TERMINAL:
+            _release_signature(ctx, holder[0])
+            return ctx.runtime.ledger.transition(
+                holder[0], PlanState.FAILED, f"AWS refused: {code}", error=state.last_error
+            )
+        state.must_reconcile = outcome != Outcome.NOT_SENT or state.must_reconcile
+        state.reconciled_absent = False
+        log.warning("send_failed", plan_id=ctx.plan_id, outcome=outcome.value, error=state.last_error)
+        return None
+    return _succeed(ctx, holder[0], result, "AWS accepted the call")
 
-    # Out of attempts. One last look settles it when it can.
-    if action.idempotency != Idempotency.CLIENT_TOKEN or last_outcome in (Outcome.UNKNOWN, Outcome.SERVER_ERROR):
+
+def _give_up(ctx: ExecutionContext, record: PlanRecord, params: Any, state: _SettleState) -> PlanRecord:
+    """Out of attempts. One last look settles it when it can; otherwise a person decides."""
+    action = ctx.action
+    if action.idempotency != Idempotency.CLIENT_TOKEN or state.last_outcome in (Outcome.UNKNOWN, Outcome.SERVER_ERROR):
         try:
-            found = action.reconcile(ctx, params, intent)
+            found = action.reconcile(ctx, params, state.intent)
             if found.found is not None:
                 return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
-            reconciled_absent = True
+            state.reconciled_absent = True
         except LeaseLost:
             raise
         except Exception as exc:
-            last_error, reconciled_absent = describe(exc), False
-    if reconciled_absent and last_outcome in (Outcome.THROTTLED, Outcome.NOT_SENT):
+            state.last_error, state.reconciled_absent = describe(exc), False
+    if state.reconciled_absent and state.last_outcome in (Outcome.THROTTLED, Outcome.NOT_SENT):
         # AWS answered every send with a refusal to act, and the reads confirm nothing exists.
         _release_signature(ctx, record)
-        return ledger.transition(
-            record, PlanState.FAILED, "AWS kept refusing; nothing was bought", error=last_error or {}
+        return ctx.runtime.ledger.transition(
+            record, PlanState.FAILED, "AWS kept refusing; nothing was bought", error=state.last_error or {}
         )
     return _needs_attention(
         ctx.runtime,
@@ -398,8 +432,8 @@ def _settle(ctx: ExecutionContext, record: PlanRecord) -> PlanRecord:
             "code": "OutcomeUnknown",
             "message": "the call may or may not have taken effect; check AWS before settling this plan "
             "(commitd plans resolve)",
-            "last_error": last_error,
-            "intent": intent,
+            "last_error": state.last_error,
+            "intent": state.intent,
         },
     )
 
