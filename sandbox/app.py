@@ -56,8 +56,7 @@ class SandboxApp:
             setup(self.state)
         self.faults = FaultInjector(seed)
         self.iam = IamEnforcer()
-        if iam_policy is not None:
-            self.iam.configure(enforce=True, policy=iam_policy, external_id=external_id)
+        self.iam.configure(enforce=iam_policy is not None, policy=iam_policy, external_id=external_id)
         self._moto = DomainDispatcherApplication(create_backend_app)
         self._accounts: dict[str, str] = {}
         self.seed_existing(self.catalogue.existing_commitments)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from config.settings import Settings, get_settings
 from worker.actions import Family
@@ -52,6 +52,16 @@ def configure(celery: Celery, settings: Settings) -> None:
 
 
 app = create_app(get_settings())
+
+
+@signals.celeryd_init.connect
+@signals.worker_process_init.connect
+def _structured_logs(**_: Any) -> None:
+    """Workers started as `celery -A worker.celery_app worker` log like every other commitd process."""
+    from worker.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
 
 
 def family_task(family: Family) -> Task:

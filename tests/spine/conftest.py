@@ -112,7 +112,7 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, sandbox_server: SandboxServer, accounts_file: Path) -> dict[str, str]:
+def env(redis_server: RedisServer, sandbox_server: SandboxServer, accounts_file: Path) -> Iterator[dict[str, str]]:
     """The environment a worker process, the CLI and the settings of this test use."""
     values = {
         "COMMITD_REDIS_URL": redis_server.url,

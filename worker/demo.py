@@ -1,0 +1,541 @@
+"""``commitd demo``: the whole path on one machine, with sample plans whose outcome is known in advance.
+
+Pieces: the AWS sandbox in a thread of this process; Redis at ``COMMITD_REDIS_URL`` when it answers (under a key
+prefix of this run only, deleted afterwards unless ``--keep``), else a private ``redis-server`` started and stopped
+here; one Celery worker as a child process (its log goes to a file); the intake loop in a thread of this process.
+Sample plans go in through the Redis stream, as any producer would send them. The demo prints each state change,
+then a table, the sandbox's ground truth and the audit verification, and exits 0 only when everything is as
+expected. Everything it started is stopped, and its files removed, whatever happens (the logs stay on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ACCOUNT = "111122223333"
+EXTERNAL_ID_ENV = "COMMITD_DEMO_EXTERNAL_ID"
+PURCHASE = "ec2:PurchaseReservedInstancesOffering"
+TIMEOUT_SECONDS = 60.0
+INSTALL_HINT = "install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
+
+
+class DemoUnavailable(RuntimeError):
+    """Something the demo needs is missing on this machine (exit 2)."""
+
+
+class DemoFailed(RuntimeError):
+    """A piece of the demo did not start or stopped (exit 1)."""
+
+
+# --- the sample plans ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    plan: dict[str, Any]
+    expected: str
+    error_code: str | None = None
+    dry_run: bool = False
+
+    @property
+    def plan_id(self) -> str:
+        return str(self.plan["plan_id"])
+
+    def met(self, record: Any) -> bool:
+        if record is None or record.state.value != self.expected:
+            return False
+        if self.error_code is not None and (record.error or {}).get("code") != self.error_code:
+            return False
+        if self.expected == "succeeded":
+            result = record.result or {}
+            return bool(result.get("dry_run")) if self.dry_run else bool(result.get("reserved_instances_id"))
+        return True
+
+
+def ri_plan(plan_id: str, dry_run: bool = False, **params: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "plan_id": plan_id,
+        "action": PURCHASE,
+        "account_id": ACCOUNT,
+        "region": "us-east-1",
+        "params": {"product_description": "Linux/UNIX", "offering_class": "standard", "duration_years": 1,
+                   "scope": "Region", **params},
+        "requested_by": "commitd-demo",
+        "trigger": "operator",
+    }
+    if dry_run:
+        plan["dry_run"] = True
+    return plan
+
+
+def first_samples() -> list[Sample]:
+    return [
+        Sample(ri_plan("demo-regional-no-upfront", instance_type="m5.large", offering_type="No Upfront",
+                       instance_count=2, max_upfront_usd="0", max_hourly_usd="0.10"), "succeeded"),
+        Sample(ri_plan("demo-zonal-all-upfront", instance_type="c5.large", offering_type="All Upfront",
+                       scope="Availability Zone", availability_zone="us-east-1a", instance_count=1,
+                       max_upfront_usd="500", max_hourly_usd="0"), "succeeded"),
+        Sample(ri_plan("demo-above-ceiling", instance_type="r5.large", offering_type="Partial Upfront",
+                       instance_count=3, max_upfront_usd="900", max_hourly_usd="0.05"),
+               "failed", error_code="PriceAboveCeiling"),
+        Sample(ri_plan("demo-dry-run", dry_run=True, instance_type="t3.medium", offering_type="No Upfront",
+                       duration_years=3, instance_count=5, max_upfront_usd="0", max_hourly_usd="0.05"),
+               "succeeded", dry_run=True),
+        Sample(ri_plan("demo-invalid-count", instance_type="m5.large", offering_type="No Upfront",
+                       instance_count=0, max_upfront_usd="0", max_hourly_usd="0.10"),
+               "rejected", error_code="InvalidPlan"),
+    ]
+
+
+def throttled_sample() -> Sample:
+    return Sample(ri_plan("demo-throttled-once", instance_type="t3.medium", offering_type="No Upfront",
+                          instance_count=4, max_upfront_usd="0", max_hourly_usd="0.05"), "succeeded")
+
+
+# --- small helpers -------------------------------------------------------------------------------------------
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError):
+        return False
+
+
+def logs_to_file(path: Path) -> None:
+    """This process's own log lines (intake, audit, Celery's producer) go to ``path``, not the terminal."""
+    import structlog
+
+    from worker.logs import configure_logging
+
+    configure_logging("json", "INFO")
+    handle = path.open("a")
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=handle))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.StreamHandler(handle))
+
+
+@contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --- Redis ---------------------------------------------------------------------------------------------------
+@contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A redis-server of our own on a free port, without persistence, stopped on exit."""
+    directory.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not redis_answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise DemoFailed(f"redis-server on port {port} did not start (exit code {process.poll()})")
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop_process(process, "redis-server")
+
+
+@contextmanager
+def demo_redis(directory: Path) -> Iterator[tuple[str, bool]]:
+    """(url, private): COMMITD_REDIS_URL when it answers, else a private redis-server."""
+    from config.settings import mask_url
+
+    url = os.environ.get("COMMITD_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if redis_answers(url):
+        say(f"redis    {mask_url(url)} answers; this demo uses only keys under its own prefix")
+        yield url, False
+        return
+    if shutil.which("redis-server") is None:
+        raise DemoUnavailable(f"no Redis answers at {mask_url(url)} and redis-server is not installed: "
+                              f"{INSTALL_HINT}, or set COMMITD_REDIS_URL to a Redis that answers")
+    with private_redis(directory) as private_url:
+        say(f"redis    nothing answers at {mask_url(url)}; started a private redis-server at {private_url}")
+        yield private_url, True
+
+
+def delete_keys(url: str, prefix: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+# --- the sandbox, the worker, the intake ---------------------------------------------------------------------
+@contextmanager
+def demo_sandbox(external_id: str) -> Iterator[str]:
+    from sandbox.control import SandboxControl
+    from sandbox.server import SandboxServer
+
+    server = SandboxServer().start()
+    try:
+        SandboxControl(server.url).set_iam(enforce=False, policy=None, external_id=external_id)
+        say(f"sandbox  AWS sandbox at {server.url} (in this process)")
+        yield server.url
+    finally:
+        server.stop()
+
+
+def write_accounts(path: Path) -> Path:
+    path.write_text(json.dumps({"accounts": [{
+        "account_id": ACCOUNT,
+        "name": "demo",
+        "role_arn": f"arn:aws:iam::{ACCOUNT}:role/commitd",
+        "external_id_env": EXTERNAL_ID_ENV,
+        "limits": {"max_upfront_usd_per_plan": "10000"},
+    }]}))
+    return path
+
+
+def worker_environ(values: dict[str, str]) -> dict[str, str]:
+    """The parent's environment without its AWS credentials or profile, plus the demo's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(values)
+    env.update(AWS_ACCESS_KEY_ID="commitd-demo", AWS_SECRET_ACCESS_KEY="commitd-demo",
+               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    return env
+
+
+def stop_process(process: subprocess.Popen[bytes], name: str, group: bool = False) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        if group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.terminate()
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        say(f"         {name} did not stop in 10 s; killing it")
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    from tasks.families import FAMILIES
+
+    queues = ",".join(f.queue for f in FAMILIES)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-n", f"demo-{os.getpid()}@%h",
+             "-Q", queues, "-c", "2", "-P", "prefork", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-l", "WARNING"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        say(f"worker   Celery worker pid {process.pid}, queues of {len(FAMILIES)} families, log {log_path}")
+        try:
+            yield process
+        finally:
+            stop_process(process, "the Celery worker", group=True)
+
+
+@contextmanager
+def intake_thread(runtime: Any) -> Iterator[None]:
+    from tasks import ACTIONS
+    from worker.celery_app import enqueue
+    from worker.intake import Intake
+
+    stop = threading.Event()
+    intake = Intake(runtime, ACTIONS, enqueue)
+    thread = threading.Thread(target=intake.run_forever, args=(stop, "demo"), name="commitd-intake", daemon=True)
+    thread.start()
+    say(f"intake   reading the stream {runtime.key('plans')} (in this process)")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def build_runtime(values: dict[str, str]) -> Any:
+    from pydantic import ValidationError
+
+    from config.settings import ConfigurationError, Settings
+    from worker.runtime import Runtime, set_runtime
+
+    try:
+        from worker.celery_app import app, configure
+
+        settings = Settings(redis_url=values["COMMITD_REDIS_URL"], key_prefix=values["COMMITD_KEY_PREFIX"],
+                            aws_endpoint_url=values["COMMITD_AWS_ENDPOINT_URL"],
+                            accounts_file=Path(values["COMMITD_ACCOUNTS_FILE"]), log_format="json")
+        runtime = Runtime(settings)
+        runtime.accounts  # noqa: B018  (fails now if the account file or its ExternalId is wrong)
+    except (ConfigurationError, ValidationError) as exc:
+        raise DemoFailed(f"configuration (check the COMMITD_* variables of this shell): {exc}") from None
+    set_runtime(runtime)
+    configure(app, settings)
+    return runtime
+
+
+# --- submitting and watching ---------------------------------------------------------------------------------
+def submit(runtime: Any, samples: list[Sample]) -> None:
+    for sample in samples:
+        runtime.redis.xadd(runtime.key("plans"), {"plan": json.dumps(sample.plan)})
+        expect = ", ".join([sample.expected, *([sample.error_code] if sample.error_code else []),
+                            *(["dry run"] if sample.dry_run else [])])
+        say(f"  submit {sample.plan_id:28s} (expect {expect})")
+
+
+class Watcher:
+    """Prints every state change of the demo's plans, as the ledger records them."""
+
+    def __init__(self, runtime: Any, worker: subprocess.Popen[bytes]) -> None:
+        self.runtime = runtime
+        self.worker = worker
+        self.seen: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.deadline = self.started + TIMEOUT_SECONDS
+
+    def poll(self, plan_ids: list[str]) -> dict[str, Any]:
+        records = {plan_id: self.runtime.ledger.get(plan_id) for plan_id in plan_ids}
+        for plan_id, record in records.items():
+            history = record.history if record is not None else []
+            for index in range(self.seen.get(plan_id, 0), len(history)):
+                old = history[index - 1].state.value if index else "-"
+                step = history[index]
+                note = f"  ({step.note[:80]}{'…' if len(step.note) > 80 else ''})" if step.note else ""
+                say(f"  {time.monotonic() - self.started:5.1f}s  {plan_id:28s} {old:>10} → {step.state.value}{note}")
+            self.seen[plan_id] = len(history)
+        return records
+
+    def wait(self, plan_ids: list[str]) -> dict[str, Any]:
+        """Until every plan is settled (terminal or needing attention), the worker dies, or the time is up."""
+        while True:
+            records = self.poll(plan_ids)
+            if all(r is not None and (r.terminal or r.state.value == "needs_attention") for r in records.values()):
+                return records
+            if self.worker.poll() is not None:
+                raise DemoFailed(f"the Celery worker exited with code {self.worker.returncode}")
+            if time.monotonic() > self.deadline:
+                say(f"  timed out after {TIMEOUT_SECONDS:.0f} s waiting for the plans to settle")
+                return records
+            time.sleep(0.1)
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+def summary(record: Any) -> str:
+    if record is None:
+        return "never recorded"
+    result, error = record.result or {}, record.error or {}
+    if record.state.value == "succeeded" and result.get("dry_run"):
+        would = result.get("would_buy", {})
+        return (f"dry run: would buy {would.get('instance_count')} x {would.get('offering_id')} "
+                f"(AWS answer: {result.get('aws_answer')}); nothing bought")
+    if record.state.value == "succeeded":
+        return (f"{result.get('reserved_instances_id')}  {result.get('instance_count')} x, "
+                f"upfront {result.get('upfront_usd')} USD, {result.get('hourly_usd')} USD/h each")
+    if error:
+        message = str(error.get("message", ""))
+        return f"{error.get('code')}: {message[:90]}{'…' if len(message) > 90 else ''}"
+    return record.state.value
+
+
+def print_table(samples: list[Sample], records: dict[str, Any]) -> bool:
+    say()
+    say(f"{'plan id':28s} {'expected':10s} {'actual':16s} ok  result")
+    say(f"{'-' * 28} {'-' * 10} {'-' * 16} --  {'-' * 40}")
+    all_met = True
+    for sample in samples:
+        record = records.get(sample.plan_id)
+        met = sample.met(record)
+        all_met = all_met and met
+        actual = record.state.value if record is not None else "-"
+        say(f"{sample.plan_id:28s} {sample.expected:10s} {actual:16s} {'✓' if met else '✗':2s}  {summary(record)}")
+    return all_met
+
+
+def check_ground_truth(sandbox_url: str, samples: list[Sample], records: dict[str, Any]) -> bool:
+    from sandbox.control import SandboxControl
+
+    bought = {ri["id"] for ri in SandboxControl(sandbox_url).resources(type="reserved-instances")}
+    settled = [records.get(s.plan_id) for s in samples]
+    claimed = {r.result.get("reserved_instances_id") for r in settled
+               if r is not None and r.state.value == "succeeded" and r.result and not r.result.get("dry_run")}
+    ok = bought == claimed
+    say()
+    say(f"sandbox ground truth: {len(bought)} reserved instances bought; {len(claimed)} successful purchases "
+        f"in the ledger {'— they match' if ok else '— MISMATCH'}")
+    if not ok:
+        say(f"  in the sandbox: {sorted(bought)}\n  in the ledger:  {sorted(str(c) for c in claimed)}")
+    return ok
+
+
+def check_audit(runtime: Any) -> bool:
+    result = runtime.audit.verify()
+    if result.ok:
+        say(f"audit trail intact: {result.entries} entries, each chained to the previous one by SHA-256")
+    else:
+        say(f"audit trail BROKEN at entry {result.broken_entry} (entry {result.entries}): {result.reason}")
+    return bool(result.ok)
+
+
+def aws_calls(runtime: Any, plan_id: str) -> list[str]:
+    """The plan's AWS calls as the audit trail has them: "operation outcome"."""
+    return [f"{row['operation']} {row.get('outcome')}" for row in runtime.audit.records(plan_id=plan_id)
+            if row.get("event") == "aws_call"]
+
+
+def show_throttled(runtime: Any, plan_id: str) -> bool:
+    """The throttled plan's calls: the purchase throttled, a reconciling read, the purchase sent again."""
+    calls = aws_calls(runtime, plan_id)
+    purchases = [c for c in calls if c.startswith("purchase_")]
+    say()
+    say(f"{plan_id}, its AWS calls from the audit trail:")
+    for call in calls:
+        say(f"  {call}")
+    shown = purchases == ["purchase_reserved_instances_offering throttled", "purchase_reserved_instances_offering ok"]
+    if not shown:
+        say("  expected one throttled purchase, then one that succeeded")
+    return shown
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+def run_demo(keep: bool = False) -> int:
+    """0: every plan as expected, ground truth and audit good; 1: not; 2: Redis unavailable; 130: interrupted."""
+    workdir = Path(tempfile.mkdtemp(prefix="commitd-demo-"))
+    status = 1
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
+    try:
+        with ExitStack() as stack:
+            status = 0 if run(stack, workdir, keep) else 1
+    except DemoUnavailable as exc:
+        say(f"commitd demo: {exc}")
+        status = 2
+    except DemoFailed as exc:
+        say(f"commitd demo failed: {exc}")
+        status = 1
+    except KeyboardInterrupt:
+        say("\ninterrupted; everything the demo started is stopped")
+        status = 130
+    finally:
+        remove_workdir(workdir, keep_logs=status == 1)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return status
+
+
+def interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def remove_workdir(workdir: Path, keep_logs: bool) -> None:
+    """Everything goes, except the logs when the demo failed: their paths are printed."""
+    logs = sorted(workdir.glob("*.log")) if keep_logs else []
+    for path in workdir.iterdir():
+        if path not in logs:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if logs:
+        say(f"logs kept: {', '.join(str(p) for p in logs)} (worker.log: the Celery worker; demo.log: the intake)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(stack: ExitStack, workdir: Path, keep: bool) -> bool:
+    logs_to_file(workdir / "demo.log")
+    say("commitd demo: sandbox, Redis, intake and a Celery worker on this machine")
+    redis_url, private = stack.enter_context(demo_redis(workdir / "redis"))
+    prefix = f"commitd-demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}:"
+    if not private and not keep:
+        stack.callback(lambda: say(f"redis    removed the demo's {delete_keys(redis_url, prefix)} keys ({prefix}*)"))
+    elif not private:
+        stack.callback(say, f"redis    kept the demo's keys: COMMITD_KEY_PREFIX={prefix} commitd plans list")
+    elif keep:
+        say("redis    --keep has no effect on a private redis-server: it stops, without persistence, at the end")
+    external_id = f"demo-external-id-{os.urandom(6).hex()}"
+    sandbox_url = stack.enter_context(demo_sandbox(external_id))
+    values = {
+        "COMMITD_REDIS_URL": redis_url,
+        "COMMITD_KEY_PREFIX": prefix,
+        "COMMITD_AWS_ENDPOINT_URL": sandbox_url,
+        "COMMITD_ACCOUNTS_FILE": str(write_accounts(workdir / "accounts.json")),
+        "COMMITD_LOG_FORMAT": "json",
+        EXTERNAL_ID_ENV: external_id,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    stack.enter_context(scoped_environ({EXTERNAL_ID_ENV: external_id, "NO_PROXY": "127.0.0.1,localhost"}))
+    runtime = build_runtime(values)
+    stack.callback(runtime.redis.close)
+    worker = stack.enter_context(celery_worker(worker_environ(values), workdir / "worker.log"))
+    stack.enter_context(intake_thread(runtime))
+    return exercise(runtime, sandbox_url, Watcher(runtime, worker))
+
+
+def exercise(runtime: Any, sandbox_url: str, watcher: Watcher) -> bool:
+    from sandbox.control import SandboxControl
+
+    first, throttled = first_samples(), throttled_sample()
+    say()
+    say(f"submitting {len(first)} plans through the stream {runtime.key('plans')}:")
+    submit(runtime, first)
+    records = watcher.wait([s.plan_id for s in first])
+    say()
+    say(f"the sandbox now throttles the next {PURCHASE} once; submitting one more plan:")
+    SandboxControl(sandbox_url).add_fault(PURCHASE, "throttle", count=1)
+    submit(runtime, [throttled])
+    records.update(watcher.wait([throttled.plan_id]))
+    samples = [*first, throttled]
+    all_met = print_table(samples, records)
+    throttle_shown = show_throttled(runtime, throttled.plan_id)
+    ground_truth = check_ground_truth(sandbox_url, samples, records)
+    audit_ok = check_audit(runtime)
+    ok = all_met and throttle_shown and ground_truth and audit_ok
+    say()
+    say("demo passed: every plan reached the state it should" if ok else "demo FAILED: see the ✗ and checks above")
+    return ok
