@@ -54,6 +54,7 @@ class FaultInjector:
         with self._lock:
             self._rules.clear()
             self._remaining.clear()
+            self.fired.clear()
 
     def rules(self) -> list[dict[str, object]]:
         with self._lock:
