@@ -102,6 +102,7 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "account_id": "444455556666",
                         "name": "trial",
                         "role_arn": "arn:aws:iam::444455556666:role/commitd-trial",
+                        "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
                         "read_only": True,
                     },
                 ]

@@ -1,0 +1,145 @@
+"""The executor in this process (no Celery): attempts, leases, dry runs, sessions and IAM under the sandbox."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from sandbox.control import SandboxControl
+from tasks import ACTIONS
+from tasks.families import EC2_RESERVED_INSTANCES, FAMILIES
+from tests.spine.conftest import ACCOUNT, EXTERNAL_ID, ri_plan
+from worker.aws import role_session_name
+from worker.execution import run_plan
+from worker.lease import Lease
+from worker.runtime import Runtime
+
+# The production role: reads on the commitment services, and the write actions (production-role.md).
+PRODUCTION_ROLE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": [f"{svc}:{verb}*" for svc in ("ec2", "rds", "redshift", "elasticache", "es", "savingsplans",
+                                                     "organizations") for verb in ("Describe", "Get", "List")],
+            "Resource": "*",
+        },
+        {"Effect": "Allow", "Action": [a for f in FAMILIES for a in f.write_actions], "Resource": "*"},
+    ],
+}
+
+
+def record_plan(intake: Any, plan: dict[str, Any]) -> None:
+    """Record a plan without a worker picking it up: the message goes to a queue nobody consumes here."""
+    result = intake.submit_raw(json.dumps(plan), "test")
+    assert result.outcome == "accepted", result
+
+
+def ris(sandbox: SandboxControl, account: str = ACCOUNT) -> list[dict[str, Any]]:
+    return sandbox.resources(account_id=account, type="reserved-instances")
+
+
+def test_purchase_under_the_production_role_and_the_family_session_policy(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    sandbox.set_iam(True, PRODUCTION_ROLE_POLICY, external_id=EXTERNAL_ID)
+    record_plan(intake, ri_plan("least-privilege"))
+    assert run_plan(runtime, "least-privilege", ACTIONS) == "succeeded"
+    assert len(ris(sandbox)) == 1
+    # The family's session cannot use anything outside the family, though the role grants it.
+    from worker.execution import ExecutionContext
+    from worker.plans import PlanEnvelope
+
+    ctx = ExecutionContext(
+        runtime, ACTIONS["ec2:PurchaseReservedInstancesOffering"],
+        PlanEnvelope.model_validate(ri_plan("probe")), runtime.accounts.get(ACCOUNT),
+    )
+    with pytest.raises(ClientError) as denied:
+        ctx.call("read", "describe_reserved_db_instances", service="rds")
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_a_role_without_the_action_fails_the_plan_with_nothing_bought(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    policy = {"Statement": [{"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}]}
+    sandbox.set_iam(True, policy, external_id=EXTERNAL_ID)
+    record_plan(intake, ri_plan("not-granted"))
+    assert run_plan(runtime, "not-granted", ACTIONS) == "failed"
+    record = runtime.ledger.get("not-granted")
+    assert record.error["code"] == "UnauthorizedOperation"
+    assert ris(sandbox) == []
+
+
+def test_wrong_external_id_never_reaches_the_account(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    sandbox.set_iam(False, None, external_id="another-customers-id")
+    record_plan(intake, ri_plan("wrong-external-id"))
+    state = run_plan(runtime, "wrong-external-id", ACTIONS)
+    assert state == "failed"
+    record = runtime.ledger.get("wrong-external-id")
+    assert record.error["code"] == "AccessDenied"
+    assert EXTERNAL_ID not in json.dumps(record.public())
+    assert ris(sandbox) == []
+
+
+def test_dry_run_buys_nothing(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    record_plan(intake, {**ri_plan("dry"), "dry_run": True})
+    assert run_plan(runtime, "dry", ACTIONS) == "succeeded"
+    result = runtime.ledger.get("dry").result
+    assert result["dry_run"] is True and result["aws_answer"] == "DryRunOperation" and result["permitted"] is True
+    assert ris(sandbox) == []
+
+
+def test_read_only_trial_account_runs_every_plan_as_a_dry_run(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    record_plan(intake, {**ri_plan("trial"), "account_id": "444455556666"})
+    assert run_plan(runtime, "trial", ACTIONS) == "succeeded"
+    record = runtime.ledger.get("trial")
+    assert record.result["dry_run"] is True
+    assert "read-only trial role" in record.history[-1].note
+    assert ris(sandbox, "444455556666") == []
+
+
+def test_a_plan_leased_by_another_worker_is_not_run(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    record_plan(intake, ri_plan("leased"))
+    other = Lease(runtime.redis, runtime.key("lease", "leased"), "another-worker", 30)
+    assert other.acquire()
+    try:
+        assert run_plan(runtime, "leased", ACTIONS) == "leased_elsewhere"
+        assert runtime.ledger.get("leased").state.value == "queued"
+    finally:
+        other.release()
+    assert run_plan(runtime, "leased", ACTIONS) == "succeeded"
+    # Running a settled plan again does nothing.
+    assert run_plan(runtime, "leased", ACTIONS) == "succeeded"
+    assert len(ris(sandbox)) == 1
+
+
+def test_poison_plan_stops_after_max_attempts(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    record_plan(intake, ri_plan("poison"))
+    record = runtime.ledger.get("poison")
+    runtime.ledger.update(record, "crashed workers", attempts=runtime.settings.max_attempts)
+    assert run_plan(runtime, "poison", ACTIONS) == "failed"
+    record = runtime.ledger.get("poison")
+    assert record.error["code"] == "AttemptsExhausted"
+    assert "nothing was sent" in record.error["message"]
+    assert ris(sandbox) == []
+
+
+def test_sessions_are_cached_per_account_and_family(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    for n in range(3):
+        record_plan(intake, ri_plan(f"cached-{n}", instance_type="c5.large", max_hourly_usd="0.10"))
+        assert run_plan(runtime, f"cached-{n}", ACTIONS) == "succeeded"
+    assert runtime.sessions.assume_role_calls == 1
+    allowed = EC2_RESERVED_INSTANCES.session_policy()["Statement"][0]["Action"]
+    assert "ec2:PurchaseReservedInstancesOffering" in allowed
+    assert "rds:PurchaseReservedDbInstancesOffering" not in allowed
+
+
+def test_role_session_name_is_valid_for_sts() -> None:
+    assert role_session_name("ri:2026/11 #1") == "commitd-ri-2026-11--1"
+    assert len(role_session_name("x" * 128)) == 64
