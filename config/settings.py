@@ -7,6 +7,7 @@ A bad value stops the daemon at start with a message that names the setting.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -83,16 +84,26 @@ class Settings(BaseSettings):
         return data
 
 
+# Query parameters of a URL whose values are masked for display.
+SECRET_QUERY_KEYS = re.compile(r"(password|passwd|secret|token|credential|key)", re.I)
+
+
 def mask_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    """Mask credentials in the netloc and in the query (redis-py also reads ``?password=``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if parts.password or parts.username:
         host = parts.hostname or ""
         if parts.port:
             host += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"***@{host}"))
-    return url
+        parts = parts._replace(netloc=f"***@{host}")
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(SECRET_QUERY_KEYS.search(k) for k, _ in query):
+            masked = [(k, "***" if SECRET_QUERY_KEYS.search(k) else v) for k, v in query]
+            parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def load_settings(**overrides: Any) -> Settings:

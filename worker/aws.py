@@ -8,8 +8,10 @@ commitd's own loop decides when a re-send is safe. Reads keep botocore's standar
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -22,6 +24,8 @@ from cachetools import LRUCache
 from config.accounts import AccountConfig
 from config.settings import Settings
 from worker.actions import Family
+from worker.audit import AuditLog
+from worker.errors import classify, describe
 from worker.logs import get_logger
 
 log = get_logger("commitd.aws")
@@ -50,8 +54,9 @@ class RoleCredentials:
 
 
 class AwsSessions:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: AuditLog | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self._botocore = botocore.session.get_session()
         self._boto3 = boto3.Session(botocore_session=self._botocore)
         self._credentials: dict[tuple[str, str], RoleCredentials] = {}
@@ -74,8 +79,6 @@ class AwsSessions:
         if cached and cached.expiration - margin > datetime.now(UTC):
             return cached
         sts = self._boto3.client("sts", region_name="us-east-1", config=READ_CONFIG, **self._base_kwargs())
-        import json
-
         request: dict[str, Any] = {
             "RoleArn": account.role_arn,
             "RoleSessionName": role_session_name(plan_id),
@@ -86,7 +89,7 @@ class AwsSessions:
         external_id = account.external_id()
         if external_id is not None:
             request["ExternalId"] = external_id.get_secret_value()
-        response = sts.assume_role(**request)
+        response = self._audited_assume(sts, request, account, plan_id)
         self.assume_role_calls += 1
         creds = response["Credentials"]
         expiration = creds["Expiration"]
@@ -96,6 +99,32 @@ class AwsSessions:
         self._credentials[key] = result
         log.info("role_assumed", account_id=account.account_id, family=family.name, plan_id=plan_id)
         return result
+
+    def _audited_assume(self, sts: Any, request: dict[str, Any], account: AccountConfig, plan_id: str) -> Any:
+        """AssumeRole is an AWS call like any other: audited, with the ExternalId redacted."""
+        started = time.monotonic()
+        entry: dict[str, Any] = {
+            "event": "aws_call",
+            "plan_id": plan_id,
+            "account_id": account.account_id,
+            "region": "us-east-1",
+            "service": "sts",
+            "operation": "assume_role",
+            "mutating": False,
+            "params": {**request, "ExternalId": "[redacted]"} if "ExternalId" in request else dict(request),
+        }
+        try:
+            response = sts.assume_role(**request)
+        except Exception as exc:
+            entry.update(outcome=classify(exc).value, error=describe(exc))
+            raise
+        else:
+            entry.update(outcome="ok", request_id=response.get("ResponseMetadata", {}).get("RequestId"))
+            return response
+        finally:
+            entry["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+            if self.audit is not None:
+                self.audit.append(entry)
 
     def client(
         self, account: AccountConfig, region: str, service: str, family: Family, purpose: Purpose, plan_id: str

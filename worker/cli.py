@@ -262,7 +262,10 @@ def audit_export(since: str | None) -> None:
 @click.argument("action", required=False)
 def schema(action: str | None) -> None:
     """Print the JSON Schema of the plan envelope, or of ACTION's params."""
-    from tasks import ACTIONS, find_action
+    try:
+        from tasks import ACTIONS, find_action  # importing the tasks builds the Celery app from the settings
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     from worker.plans import PlanEnvelope
 
     if action is None:

@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from worker.actions import Action
-from worker.ledger import PlanExists, PlanRecord
+from worker.ledger import ConcurrentUpdate, PlanExists, PlanRecord
 from worker.logs import get_logger
 from worker.plans import PLAN_ID_PATTERN, PlanEnvelope, PlanState, describe_validation_error, regions_for
 from worker.runtime import Runtime
@@ -53,6 +53,38 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` bytes of ``text`` in UTF-8 (the plan size limit counts bytes, not characters)."""
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
+MAX_STORED_DEPTH = 64
+
+
+def _nesting(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: the value may be deeper than Python's recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type ('an array', not Python's 'list')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
+
+
 class Intake:
     def __init__(self, runtime: Runtime, actions: dict[str, Action], enqueue: Any) -> None:
         self.runtime = runtime
@@ -77,8 +109,10 @@ class Intake:
                 data = json.loads(text)
             except ValueError as exc:
                 raise Rejection(f"not valid JSON: {exc}") from None
+            except RecursionError:
+                raise Rejection("not valid JSON: nested too deeply") from None
             if not isinstance(data, dict):
-                raise Rejection(f"a plan is a JSON object, not {type(data).__name__}")
+                raise Rejection(f"a plan is a JSON object, not {_json_type(data)}")
             return self.submit(data, source)
         except Rejection as rejection:
             plan_id = self._rejected_id(data, text, entry_id)
@@ -141,8 +175,17 @@ class Intake:
             existing = self.ledger.get(envelope.plan_id)
             assert existing is not None
             return self._existing(existing, canonical, source)
-        record = self.route(record, envelope)
+        record = self._route_once(record, envelope)
         return IntakeResult(record.plan_id, record.state.value, "accepted")
+
+    def _route_once(self, record: PlanRecord, envelope: PlanEnvelope) -> PlanRecord:
+        """Route a ``received`` plan; if another intake routed it first, report what it did."""
+        try:
+            return self.route(record, envelope)
+        except ConcurrentUpdate:
+            current = self.ledger.get(record.plan_id)
+            assert current is not None
+            return current
 
     def route(self, record: PlanRecord, envelope: PlanEnvelope) -> PlanRecord:
         """received → expired | scheduled | queued (and the task message sent)."""
@@ -159,6 +202,10 @@ class Intake:
 
     def _existing(self, existing: PlanRecord, canonical: str, source: str) -> IntakeResult:
         if existing.canonical == canonical:
+            if existing.state == PlanState.RECEIVED and existing.plan is not None:
+                # Recorded, then the intake died before routing it (its stream entry was claimed again, or
+                # the same plan was submitted again): finish the job.
+                existing = self._route_once(existing, PlanEnvelope.model_validate(existing.plan))
             return IntakeResult(existing.plan_id, existing.state.value, "existing", "already recorded; nothing changed")
         reason = f"plan_id {existing.plan_id} already exists with different content; refused as a conflict"
         self._dead_letter(existing.plan_id, canonical, reason, source)
@@ -177,31 +224,47 @@ class Intake:
     def _reject(self, plan_id: str, data: dict[str, Any] | None, text: str, reason: str, source: str) -> IntakeResult:
         limit = self.runtime.settings.max_plan_bytes
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":")) if data is not None else text
+        if len(canonical.encode()) > limit:  # stored (and compared) as its digest
+            canonical = hashlib.sha256(canonical.encode()).hexdigest()
         existing = self.ledger.get(plan_id)
         if existing is not None:
+            if existing.canonical == canonical and existing.state == PlanState.RECEIVED:
+                # Recorded, then the intake died before rejecting it: finish the job.
+                return self._finish_rejection(existing, text, reason, source)
             if existing.canonical == canonical:
                 return IntakeResult(plan_id, existing.state.value, "existing", existing.error["message"]
                                     if existing.error else "already recorded")
-            self._dead_letter(plan_id, text[:limit], reason, source)
+            self._dead_letter(plan_id, _clip(text, limit), reason, source)
             return IntakeResult(plan_id, existing.state.value, "conflict",
                                 f"{reason} (and plan_id {plan_id} already exists)")
         now = _now()
         record = PlanRecord(
             plan_id=plan_id,
             state=PlanState.RECEIVED,
-            plan=data if data is not None and len(text.encode()) <= limit else None,
-            canonical=canonical if len(canonical.encode()) <= limit else hashlib.sha256(canonical.encode()).hexdigest(),
+            # Only content the ledger can store and read back (pydantic's JSON parser stops at depth 200);
+            # the dead letter keeps the text either way.
+            plan=data if data is not None and _nesting(data) <= MAX_STORED_DEPTH else None,
+            canonical=canonical,
             received_at=now,
             updated_at=now,
         )
         try:
             record = self.ledger.create(record, note=f"received from {source}")
-        except PlanExists:
-            return IntakeResult(plan_id, "rejected", "conflict", reason)
-        self.ledger.transition(record, PlanState.REJECTED, reason, error={"code": "InvalidPlan", "message": reason})
-        self._dead_letter(plan_id, text[:limit], reason, source)
-        log.warning("plan_rejected", plan_id=plan_id, reason=reason, source=source)
-        return IntakeResult(plan_id, PlanState.REJECTED.value, "rejected", reason)
+        except PlanExists:  # another intake recorded it a moment ago: decide again against its record
+            return self._reject(plan_id, data, text, reason, source)
+        return self._finish_rejection(record, text, reason, source)
+
+    def _finish_rejection(self, record: PlanRecord, text: str, reason: str, source: str) -> IntakeResult:
+        try:
+            self.ledger.transition(record, PlanState.REJECTED, reason,
+                                   error={"code": "InvalidPlan", "message": reason})
+        except ConcurrentUpdate:
+            current = self.ledger.get(record.plan_id)  # another intake rejected it (and wrote the dead letter)
+            assert current is not None
+            return IntakeResult(record.plan_id, current.state.value, "existing", reason)
+        self._dead_letter(record.plan_id, _clip(text, self.runtime.settings.max_plan_bytes), reason, source)
+        log.warning("plan_rejected", plan_id=record.plan_id, reason=reason, source=source)
+        return IntakeResult(record.plan_id, PlanState.REJECTED.value, "rejected", reason)
 
     def _dead_letter(self, plan_id: str, text: str, reason: str, source: str) -> None:
         self.redis.xadd(

@@ -44,7 +44,7 @@ class Runtime:
 
     @cached_property
     def sessions(self) -> AwsSessions:
-        return AwsSessions(self.settings)
+        return AwsSessions(self.settings, self.audit)
 
     def key(self, *parts: str) -> str:
         return self.settings.key(*parts)
