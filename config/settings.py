@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         3600, ge=10, description="seconds before Redis redelivers an unacknowledged task message"
     )
     sweep_interval: float = Field(5.0, gt=0, description="seconds between scans for stalled and due plans")
-    stalled_after: float = Field(60.0, gt=0, description="a queued plan with no worker for this long is re-sent")
+    stalled_after: float = Field(300.0, gt=0, description="a queued plan with no worker for this long is re-sent")
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
     client_cache_size: int = Field(512, ge=1, description="boto3 clients kept (LRU)")

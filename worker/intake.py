@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from worker.actions import Action
-from worker.ledger import ConcurrentUpdate, PlanExists, PlanRecord
+from worker.ledger import ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
 from worker.logs import get_logger
 from worker.plans import PLAN_ID_PATTERN, PlanEnvelope, PlanState, describe_validation_error, regions_for
 from worker.runtime import Runtime
@@ -316,11 +316,14 @@ class Intake:
             record = self.ledger.get(plan_id)
             if record is not None and record.state == PlanState.SCHEDULED:
                 envelope = PlanEnvelope.model_validate(record.plan)
-                if envelope.expires_at and envelope.expires_at <= now:
-                    self.ledger.transition(record, PlanState.EXPIRED, "expired while scheduled")
-                else:
-                    self.ledger.transition(record, PlanState.QUEUED, "not_before reached")
-                    self.enqueue(self.actions[envelope.action].family, plan_id)
+                try:
+                    if envelope.expires_at and envelope.expires_at <= now:
+                        self.ledger.transition(record, PlanState.EXPIRED, "expired while scheduled")
+                    else:
+                        self.ledger.transition(record, PlanState.QUEUED, "not_before reached")
+                        self.enqueue(self.actions[envelope.action].family, plan_id)
+                except (ConcurrentUpdate, InvalidTransition):
+                    continue  # changed meanwhile (cancelled, or another intake moved it): look again next sweep
                 counts["due"] += 1
             self.redis.zrem(self.scheduled, plan_id)
         stalled_after = self.runtime.settings.stalled_after
@@ -332,7 +335,11 @@ class Intake:
                     continue
                 envelope = PlanEnvelope.model_validate(record.plan)
                 self.enqueue(self.actions[envelope.action].family, record.plan_id)
-                self.ledger.update(record, "re-sent by the sweeper: no worker holds it")
+                try:
+                    # Noted in the ledger, which also restarts the idle clock: one re-send per threshold.
+                    self.ledger.update(record, "re-sent by the sweeper: no worker holds it")
+                except ConcurrentUpdate:
+                    pass  # a worker took it meanwhile; the extra message finds it leased or settled
                 counts["resent"] += 1
         return counts
 
@@ -347,4 +354,8 @@ class Intake:
                     last_sweep = time.monotonic()
             except redis.RedisError as exc:
                 log.error("intake_redis_error", error=str(exc))
+                stop.wait(1.0)
+            except Exception:
+                # Never let one bad entry or race stop the intake; entries not acknowledged are read again.
+                log.exception("intake_error")
                 stop.wait(1.0)

@@ -170,3 +170,21 @@ def test_two_plans_for_the_same_offering_each_buy_once(
     assert first.state.value == second.state.value == "succeeded"
     ids = {first.result["reserved_instances_id"], second.result["reserved_instances_id"]}
     assert ids == {ri["id"] for ri in bought(sandbox)} and len(ids) == 2
+
+
+def test_redis_killed_and_restarted_loses_nothing(
+    runtime: Runtime, sandbox: SandboxControl, redis_server: Any, intake_loop: Any, start_worker: Any
+) -> None:
+    start_worker("survivor")
+    submit(intake_loop, ri_plan("before-restart"))
+    assert wait_for_state(runtime, "before-restart", {"succeeded", "failed"}).state.value == "succeeded"
+    time.sleep(1.5)  # appendfsync everysec: what was written a second ago is on disk
+    redis_server.kill()
+    redis_server.start()
+    # The ledger and the audit trail come back from the AOF; the intake and the worker reconnect.
+    assert runtime.ledger.get("before-restart").state.value == "succeeded"
+    runtime.redis.xadd(runtime.key("plans"), {"plan": json.dumps(ri_plan("after-restart", instance_type="c5.large"))})
+    record = wait_for_state(runtime, "after-restart", {"succeeded", "failed", "needs_attention"}, timeout=60)
+    assert record.state.value == "succeeded", record.error
+    assert len(bought(sandbox)) == 2
+    assert runtime.audit.verify().ok
