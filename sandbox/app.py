@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import structlog
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import ValidationError
 from werkzeug.wrappers import Request
@@ -33,6 +34,12 @@ from sandbox.state import SandboxState
 
 StartResponse = Callable[..., Any]
 CONTROL_PREFIX = "/_sandbox/"
+
+
+log = structlog.get_logger("commitd.sandbox")
+_INTERNAL_ERROR: dict[str, tuple[str, str, int]] = {
+    service: (err.code, err.message, err.status or 500) for service, err in SERVER_ERRORS.items()
+}
 
 
 class DropConnection(ConnectionResetError):
@@ -140,6 +147,14 @@ class SandboxApp:
                     response = serialize_result(service, operation, result, request_id)
         except AwsError as exc:
             response = error(exc)
+        except NotImplementedError:
+            # moto raises this for calls it does not implement: say so plainly (501 is not retried by botocore).
+            response = error(AwsError("NotImplemented", f"the sandbox does not simulate {iam_action}", 501))
+        except Exception:
+            # A sandbox or moto bug must look like AWS's own 500, not a dropped connection that botocore
+            # would re-send; the traceback goes to the sandbox's log.
+            log.exception("sandbox_handler_error", service=service, operation=operation)
+            response = error(AwsError(*_INTERNAL_ERROR[service]))
         if drop_after:
             _drop(environ)
         return response

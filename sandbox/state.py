@@ -83,6 +83,7 @@ class SandboxState:
         self._advancers: dict[tuple[str, str], Advancer] = {}
         self._tokens: dict[tuple[str, str, str, str], IdempotencyRecord] = {}
         self._counter = 0
+        self._advancing = False
         # Free-form per-service state (for example the Organizations tree), keyed by service name.
         self.extra: dict[str, dict[str, Any]] = {}
 
@@ -135,14 +136,19 @@ class SandboxState:
     def advance_all(self) -> None:
         """Run time-driven transitions for the resources that can still change."""
         with self.lock:
-            if not self._moving:
+            # Advancers may read state (get/find), which advances again: one pass at a time is enough.
+            if not self._moving or self._advancing:
                 return
-            now = self.clock.now()
-            for key in list(self._moving):
-                resource = self._resources[key]
-                advancer = self._advancers[(resource.service, resource.type)]
-                if not advancer(resource, now):
-                    self._moving.discard(key)
+            self._advancing = True
+            try:
+                now = self.clock.now()
+                for key in list(self._moving):
+                    resource = self._resources[key]
+                    advancer = self._advancers[(resource.service, resource.type)]
+                    if not advancer(resource, now):
+                        self._moving.discard(key)
+            finally:
+                self._advancing = False
 
     def watch(self, resource: Resource) -> None:
         """Mark a resource as able to change with time again (for example after a new operation on it)."""

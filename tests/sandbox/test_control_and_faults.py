@@ -120,3 +120,12 @@ def test_faults_are_repeatable_with_a_seed() -> None:
 
     assert pattern(7) == pattern(7)
     assert pattern(7) != pattern(8)
+
+
+def test_an_operation_nobody_simulates_is_a_plain_error_not_a_dropped_connection(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    with pytest.raises(ClientError) as caught:
+        ec2.get_capacity_reservation_usage(CapacityReservationId="cr-12345678901234567")
+    assert caught.value.response["Error"]["Code"] == "NotImplemented"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+    assert "ec2:GetCapacityReservationUsage" in caught.value.response["Error"]["Message"]
