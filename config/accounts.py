@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from config.permissions import EXTRA_PERMISSIONS
 from config.settings import ConfigurationError
 
 
@@ -33,12 +34,19 @@ class AccountConfig(BaseModel):
     external_id_file: Path | None = Field(None, description="file holding the ExternalId")
     allowed_actions: list[str] = Field(default_factory=lambda: ["*"], description="IAM action names, or '*'")
     read_only: bool = Field(False, description="a trial role: every plan runs as a dry run")
+    extra_permissions: list[str] = Field(
+        default_factory=list, description="actions beyond the production role that this customer granted"
+    )
     limits: AccountLimits = Field(default_factory=lambda: AccountLimits())
 
     @model_validator(mode="after")
     def _one_external_id_source(self) -> AccountConfig:
         if self.external_id_env and self.external_id_file:
             raise ValueError("give external_id_env or external_id_file, not both")
+        known = {a.lower() for a in EXTRA_PERMISSIONS}
+        unknown = [a for a in self.extra_permissions if a.lower() not in known]
+        if unknown:
+            raise ValueError(f"extra_permissions {unknown} are not used by commitd; known: {sorted(EXTRA_PERMISSIONS)}")
         return self
 
     def external_id(self) -> SecretStr | None:
@@ -58,6 +66,10 @@ class AccountConfig(BaseModel):
                     f"{exc.strerror}"
                 ) from None
         return None
+
+    def granted(self, action: str) -> bool:
+        """Did the customer grant this extra permission (beyond the production role)?"""
+        return action.lower() in {a.lower() for a in self.extra_permissions}
 
     def allows(self, action: str) -> bool:
         return "*" in self.allowed_actions or action.lower() in {a.lower() for a in self.allowed_actions}

@@ -25,6 +25,7 @@ YEAR_SECONDS = 31_536_000
 # AWS's clock and ours may differ a little; an RI that started this long before the intent still counts.
 CLOCK_SKEW = timedelta(seconds=120)
 RECONCILE_STATES = ["payment-pending", "active", "queued"]
+PLAN_TAG = "commitd:plan-id"
 
 
 def _decimal_string(value: Any) -> Any:
@@ -180,6 +181,7 @@ class PurchaseReservedInstancesOffering(Action):
         response = ctx.call("write", "purchase_reserved_instances_offering", **self._request(intent))
         ri_id = response["ReservedInstancesId"]
         ctx.claim("ec2-ri", ri_id)
+        self._tag(ctx, ri_id)
         return {
             "reserved_instances_id": ri_id,
             "offering_id": intent["offering_id"],
@@ -199,8 +201,46 @@ class PurchaseReservedInstancesOffering(Action):
         return {"would_buy": {k: intent[k] for k in ("offering_id", "instance_count", "upfront_usd", "hourly_usd")},
                 "permitted": permitted, "aws_answer": answer}
 
+    def _tag(self, ctx: ExecutionContext, ri_id: str) -> bool:
+        """Stamp the plan id on the RI where the customer granted ec2:CreateTags (an opt-in extra)."""
+        if not ctx.account.granted("ec2:CreateTags"):
+            return False
+        try:
+            ctx.call(
+                "write",
+                "create_tags",
+                Resources=[ri_id],
+                Tags=[{"Key": PLAN_TAG, "Value": ctx.plan_id}, {"Key": "commitd:managed-by", "Value": "commitd"}],
+            )
+            return True
+        except Exception:  # the purchase stands; without the tag, reconciliation falls back to attributes
+            return False
+
     # --- reconciliation ------------------------------------------------------------------------------------
     def reconcile(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> Reconciliation:
+        if ctx.account.granted("ec2:CreateTags"):
+            tagged = ctx.call(
+                "read", "describe_reserved_instances", Filters=[{"Name": f"tag:{PLAN_TAG}", "Values": [ctx.plan_id]}]
+            ).get("ReservedInstances", [])
+            if tagged:
+                ri = tagged[0]
+                ctx.claim("ec2-ri", ri["ReservedInstancesId"])
+                evidence = {"tagged": [ri["ReservedInstancesId"]]}
+                return Reconciliation(found=self._found(ri, intent, "tag"), evidence=evidence)
+        return self._reconcile_by_attributes(ctx, intent)
+
+    def _found(self, ri: dict[str, Any], intent: dict[str, Any], found_by: str) -> dict[str, Any]:
+        return {
+            "reserved_instances_id": ri["ReservedInstancesId"],
+            "offering_id": intent["offering_id"],
+            "instance_count": ri["InstanceCount"],
+            "upfront_usd": intent["upfront_usd"],
+            "hourly_usd": intent["hourly_usd"],
+            "state": ri.get("State"),
+            "found_by": found_by,
+        }
+
+    def _reconcile_by_attributes(self, ctx: ExecutionContext, intent: dict[str, Any]) -> Reconciliation:
         offering = intent["offering"]
         filters = [
             {"Name": "instance-type", "Values": [offering["InstanceType"]]},
@@ -244,17 +284,8 @@ class PurchaseReservedInstancesOffering(Action):
         ri = candidates[0]
         if not ctx.claim("ec2-ri", ri["ReservedInstancesId"]):
             raise PlanReconcileAmbiguous(evidence["matched"])
-        return Reconciliation(
-            found={
-                "reserved_instances_id": ri["ReservedInstancesId"],
-                "offering_id": intent["offering_id"],
-                "instance_count": ri["InstanceCount"],
-                "upfront_usd": intent["upfront_usd"],
-                "hourly_usd": intent["hourly_usd"],
-                "state": ri.get("State"),
-            },
-            evidence=evidence,
-        )
+        self._tag(ctx, ri["ReservedInstancesId"])
+        return Reconciliation(found=self._found(ri, intent, "attributes"), evidence=evidence)
 
 
 class PlanReconcileAmbiguous(RuntimeError):

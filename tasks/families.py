@@ -19,6 +19,7 @@ EC2_RESERVED_INSTANCES = Family(
         "ec2:DescribeReservedInstancesOfferings",
         "ec2:DescribeReservedInstancesModifications",
     ),
+    optional_actions=("ec2:CreateTags",),
 )
 EC2_RI_EXCHANGE = Family(
     name="ec2_ri_exchange",

@@ -10,6 +10,7 @@ is unknown).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -35,6 +36,8 @@ class Family:
     title: str
     write_actions: tuple[str, ...]
     read_actions: tuple[str, ...]
+    # Beyond the production role: used only where the customer granted them (AccountConfig.extra_permissions).
+    optional_actions: tuple[str, ...] = ()
 
     @property
     def queue(self) -> str:
@@ -44,12 +47,15 @@ class Family:
     def task_name(self) -> str:
         return f"commitd.{self.name}.run_plan"
 
-    def session_policy(self) -> dict[str, Any]:
-        """The inline session policy for AssumeRole: this family's writes and reads, nothing else."""
+    def session_policy(self, granted_extras: Iterable[str] = ()) -> dict[str, Any]:
+        """The inline session policy for AssumeRole: this family's writes and reads, plus the optional actions
+        the customer granted, nothing else."""
+        granted = {a.lower() for a in granted_extras}
+        extras = tuple(a for a in self.optional_actions if a.lower() in granted)
         return {
             "Version": "2012-10-17",
             "Statement": [
-                {"Effect": "Allow", "Action": list(self.write_actions + self.read_actions), "Resource": "*"}
+                {"Effect": "Allow", "Action": list(self.write_actions + self.read_actions + extras), "Resource": "*"}
             ],
         }
 

@@ -83,7 +83,7 @@ class AwsSessions:
             "RoleArn": account.role_arn,
             "RoleSessionName": role_session_name(plan_id),
             "SourceIdentity": "commitd",
-            "Policy": json.dumps(family.session_policy(), separators=(",", ":")),
+            "Policy": json.dumps(family.session_policy(account.extra_permissions), separators=(",", ":")),
             "DurationSeconds": 3600,
         }
         external_id = account.external_id()

@@ -25,6 +25,7 @@ from sandbox.server import SandboxServer
 from worker.runtime import Runtime, set_runtime
 
 ACCOUNT = "111122223333"
+TAGGING_ACCOUNT = "555566667777"  # granted the extra permission ec2:CreateTags
 EXTERNAL_ID = "ext-id-for-tests-7f3a"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,6 +98,13 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "role_arn": f"arn:aws:iam::{ACCOUNT}:role/commitd",
                         "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
                         "limits": {"max_upfront_usd_per_plan": "250000"},
+                    },
+                    {
+                        "account_id": TAGGING_ACCOUNT,
+                        "name": "acme-tagging",
+                        "role_arn": f"arn:aws:iam::{TAGGING_ACCOUNT}:role/commitd",
+                        "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
+                        "extra_permissions": ["ec2:CreateTags"],
                     },
                     {
                         "account_id": "444455556666",

@@ -188,3 +188,29 @@ def test_redis_killed_and_restarted_loses_nothing(
     assert record.state.value == "succeeded", record.error
     assert len(bought(sandbox)) == 2
     assert runtime.audit.verify().ok
+
+
+def test_with_create_tags_granted_the_ri_is_tagged_and_found_by_tag_after_a_crash(
+    runtime: Runtime, sandbox: SandboxControl, intake_loop: Any, start_worker: Any, aws: Any
+) -> None:
+    from tests.spine.conftest import EXTERNAL_ID, TAGGING_ACCOUNT
+
+    first = start_worker("tagger")
+    # The worker dies while its CreateTags is in flight; the tag still lands after 3 s.
+    sandbox.add_fault("ec2:CreateTags", "latency", count=1, latency_ms=3000)
+    submit(intake_loop, {**ri_plan("tagged"), "account_id": TAGGING_ACCOUNT})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sandbox.resources(account_id=TAGGING_ACCOUNT, type="reserved-instances"):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    first.kill()
+    time.sleep(3)
+    start_worker("finder")
+    record = wait_for_state(runtime, "tagged", {"succeeded", "failed", "needs_attention"}, timeout=60)
+    assert record.state.value == "succeeded", record.error
+    assert record.result["found_by"] == "tag"
+    [ri] = sandbox.resources(account_id=TAGGING_ACCOUNT, type="reserved-instances")
+    assert record.result["reserved_instances_id"] == ri["id"]
+    ec2 = aws("ec2", account_id=TAGGING_ACCOUNT, external_id=EXTERNAL_ID)
+    tags = ec2.describe_reserved_instances()["ReservedInstances"][0]["Tags"]
+    assert {"Key": "commitd:plan-id", "Value": "tagged"} in tags

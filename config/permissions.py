@@ -1,0 +1,12 @@
+"""Permissions beyond the production role that commitd uses when a customer grants them, and why.
+
+The production role (../shared/reference/production-role.md) is the whole scope of the product; these are
+opt-in. Where a customer did not grant one, commitd works without it (the reason says what is lost).
+"""
+
+EXTRA_PERMISSIONS: dict[str, str] = {
+    "ec2:CreateTags": (
+        "tag each Reserved Instance bought with its plan id (commitd:plan-id), so that reconciliation after a lost "
+        "answer finds it by tag instead of by offering attributes and start time"
+    ),
+}
