@@ -23,11 +23,16 @@ GENESIS = "0" * 64
 log = get_logger("commitd.audit")
 
 _APPEND = """
-if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return false end
+local head = redis.call('GET', KEYS[2]) or ''
+if head ~= ARGV[1] then return {0, head} end
 local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[2], 'prev', ARGV[3], 'hash', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[4])
-return id
+return {1, id}
 """
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def canonical(data: dict[str, Any]) -> str:
@@ -74,22 +79,33 @@ class AuditLog:
         self.stream = f"{prefix}audit"
         self.head_key = f"{prefix}audit:head"
         self._append = client.register_script(_APPEND)
+        # The last head this process saw: appends try it first and learn the real one when it moved, which
+        # saves a round trip per entry; the compare-and-set in the scripts keeps the chain correct either way.
+        self.head_hint: str | None = None
 
     def head(self) -> str:
         value = self.redis.get(self.head_key)
         return value.decode() if isinstance(value, bytes) else (value or "")
 
+    def known_head(self) -> str:
+        if self.head_hint is None:
+            self.head_hint = self.head()
+        return self.head_hint
+
     def append(self, data: dict[str, Any]) -> str:
         """Append one event (secrets removed) and log it. Returns the stream entry id."""
         for _ in range(100):
-            entry = prepare(self.head(), data)
-            entry_id = self._append(
+            entry = prepare(self.known_head(), data)
+            ok, detail = self._append(
                 keys=[self.stream, self.head_key], args=[entry.raw_head, entry.data_json, entry.prev, entry.hash]
             )
-            if entry_id:
-                fields = json.loads(entry.data_json)
-                log.info(fields.pop("event", "audit"), **fields)
-                return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            if not ok:
+                self.head_hint = _text(detail)  # another writer appended first
+                continue
+            self.head_hint = entry.hash
+            fields = json.loads(entry.data_json)
+            log.info(fields.pop("event", "audit"), **fields)
+            return _text(detail)
         raise RuntimeError("audit append kept losing the race for the chain head")
 
     def entries(self, since_id: str = "-", batch: int = 500) -> Iterator[tuple[str, dict[str, str]]]:

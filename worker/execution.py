@@ -34,6 +34,16 @@ from worker.runtime import Runtime
 log = get_logger("commitd.execution")
 
 
+_RELEASE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _NotFound(Exception):
+    pass
+
+
 class RequeueLater(Exception):
     """Give the plan back to the queue (nothing was sent); the task re-sends its message after a delay."""
 
@@ -165,12 +175,7 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action]) -> str:
     """Run one plan as far as it can go now. Returns the plan's state afterwards (or why it was not run)."""
-    record = runtime.ledger.get(plan_id)
-    if record is None:
-        log.warning("plan_not_found", plan_id=plan_id)
-        return "not_found"
-    if record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
-        return record.state.value
+    # The lease first (one round trip), then the record: a message for a settled plan costs no more than that.
     lease = Lease(runtime.redis, runtime.key("lease", plan_id), runtime.worker_id, runtime.settings.lease_seconds)
     if not lease.acquire():
         log.info("plan_leased_elsewhere", plan_id=plan_id)
@@ -184,14 +189,19 @@ def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action]) -> str:
         except LeaseLost:
             log.warning("plan_lease_lost", plan_id=plan_id)
             return "lease_lost"
+        except _NotFound:
+            return "not_found"
 
 
 def _run_leased(runtime: Runtime, plan_id: str, actions: dict[str, Action], lease: Lease) -> PlanState:
     ledger = runtime.ledger
     settings = runtime.settings
     record = ledger.get(plan_id)
-    if record is None or record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
-        return record.state if record else PlanState.FAILED
+    if record is None:
+        log.warning("plan_not_found", plan_id=plan_id)
+        raise _NotFound()
+    if record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+        return record.state
     plan = PlanEnvelope.model_validate(record.plan)
 
     if record.attempts >= settings.max_attempts:
@@ -204,23 +214,27 @@ def _run_leased(runtime: Runtime, plan_id: str, actions: dict[str, Action], leas
         return ledger.transition(
             record, PlanState.FAILED, note, error={"code": "AttemptsExhausted", "message": note + "; nothing was sent"}
         ).state
-    record = ledger.update(record, f"attempt {record.attempts + 1}", attempts=record.attempts + 1)
+    attempt = record.attempts + 1
 
     action = actions[plan.action]
     account = runtime.accounts.get(plan.account_id)
     if account is None:  # the account was removed from the configuration after intake
         if record.state == PlanState.QUEUED:
             record = ledger.transition(record, PlanState.RUNNING, "account check")
+        error = {"code": "UnknownAccount", "message": f"account {plan.account_id} is no longer configured"}
         if record.state == PlanState.RUNNING:
-            error = {"code": "UnknownAccount", "message": f"account {plan.account_id} is no longer configured"}
             return ledger.transition(record, PlanState.FAILED, "account not configured", error=error).state
-    assert account is not None
+        # Submitted: something may have been sent, and without the account nothing can be checked.
+        return _needs_attention(runtime, record, "account no longer configured", error).state
     ctx = ExecutionContext(runtime, action, plan, account, lease)
 
     if record.state == PlanState.QUEUED:
         if plan.expires_at and ctx.now() >= plan.expires_at:
-            return ledger.transition(record, PlanState.EXPIRED, "expired before it ran").state
-        record = ledger.transition(record, PlanState.RUNNING, "picked up by a worker")
+            return ledger.transition(record, PlanState.EXPIRED, "expired before it ran", attempts=attempt).state
+        record = ledger.transition(record, PlanState.RUNNING, f"picked up by a worker (attempt {attempt})",
+                                   attempts=attempt)
+    else:  # resumed after a crash or a redelivery: count the attempt on its own
+        record = ledger.update(record, f"attempt {attempt}", attempts=attempt)
     if record.state == PlanState.RUNNING:
         record = _prepare(ctx, record)
     if record.state == PlanState.SUBMITTED:
@@ -314,11 +328,8 @@ def _release_signature(ctx: ExecutionContext, record: PlanRecord) -> None:
     signature = (record.intent or {}).get("signature")
     if not signature:
         return
-    key = ctx.runtime.key("inflight", signature)
-    redis = ctx.runtime.redis
-    holder = redis.get(key)
-    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == ctx.plan_id:
-        redis.delete(key)
+    release = ctx.runtime.redis.register_script(_RELEASE_IF_HELD)
+    release(keys=[ctx.runtime.key("inflight", signature)], args=[ctx.plan_id])
 
 
 class _Unsettled(Exception):

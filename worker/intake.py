@@ -157,9 +157,7 @@ class Intake:
 
     def _record(self, envelope: PlanEnvelope, source: str) -> IntakeResult:
         canonical = envelope.canonical()
-        existing = self.ledger.get(envelope.plan_id)
-        if existing is not None:
-            return self._existing(existing, canonical, source)
+        # Create first: the script refuses an existing plan_id atomically, so no read is needed before.
         now = _now()
         record = PlanRecord(
             plan_id=envelope.plan_id,

@@ -26,7 +26,8 @@ if ARGV[1] == '' then
 elseif v ~= ARGV[1] then
   return {0, 'version'}
 end
-if (redis.call('GET', KEYS[5]) or '') ~= ARGV[5] then return {0, 'audit'} end
+local head = redis.call('GET', KEYS[5]) or ''
+if head ~= ARGV[5] then return {0, 'audit', head} end
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[2])
 if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], ARGV[4]) end
 redis.call('SADD', KEYS[3], ARGV[4])
@@ -133,8 +134,8 @@ class Ledger:
     def _commit(self, old: PlanRecord | None, new: PlanRecord, audit: dict[str, Any]) -> PlanRecord:
         new.version = (old.version if old else 0) + 1
         for _ in range(100):
-            entry = prepare(self.audit.head(), audit)
-            ok, detail = self._write(
+            entry = prepare(self.audit.known_head(), audit)
+            reply = self._write(
                 keys=[
                     self._plan_key(new.plan_id),
                     self._state_key(old.state if old else new.state),
@@ -155,9 +156,11 @@ class Ledger:
                     new.received_at.timestamp(),
                 ],
             )
+            ok, detail = reply[0], reply[1]
             if ok:
                 from worker.audit import log
 
+                self.audit.head_hint = entry.hash
                 fields = json.loads(entry.data_json)
                 log.info(fields.pop("event", "plan"), **fields)
                 return new
@@ -166,7 +169,8 @@ class Ledger:
                 raise PlanExists(new.plan_id)
             if reason == "version":
                 raise ConcurrentUpdate(new.plan_id)
-            # 'audit': another writer appended first; prepare again on the new head.
+            # 'audit': another writer appended first; prepare again on the head it reported.
+            self.audit.head_hint = _text(reply[2])
         raise ConcurrentUpdate(f"{new.plan_id}: audit head kept moving")
 
     def create(self, record: PlanRecord, note: str = "") -> PlanRecord:
