@@ -21,7 +21,7 @@ from sandbox.state import Resource
 
 SERVICE = "ec2"
 MAX_TAGS = 50
-# moto knows Reserved Instances ids (bare uuids) only to raise NotImplementedError, so an unknown one is
+# moto knows Reserved Instances ids (bare uuids) only to fail with a NotImplementedError, so an unknown one is
 # refused here with the error AWS gives for a missing RI.
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
