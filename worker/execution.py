@@ -282,7 +282,10 @@ def _prepare(ctx: ExecutionContext, record: PlanRecord) -> PlanRecord:
                     "message": f"plan {holder} bought the same thing and its outcome is unknown; settle it first",
                 }
                 return ledger.transition(record, PlanState.NEEDS_ATTENTION, error["message"], error=error)
-            ledger.transition(record, PlanState.QUEUED, f"waiting for plan {holder} (same purchase)")
+            # Waiting is not a failed attempt: give it back (Celery's max_retries and the sweeper bound the wait).
+            ledger.transition(
+                record, PlanState.QUEUED, f"waiting for plan {holder} (same purchase)", attempts=record.attempts - 1
+            )
             raise RequeueLater(f"waiting for plan {holder}", 2.0)
 
     idempotency: dict[str, str] | None = None
@@ -389,6 +392,16 @@ def _settle_round(
         if found.found is not None:
             return _succeed(ctx, holder[0], {**found.found, "reconciled": True}, "found by reconciliation")
         state.reconciled_absent = True
+    if ctx.plan.expires_at and ctx.now() >= ctx.plan.expires_at:
+        # Never send after expires_at. Expired only when nothing can exist; otherwise a person decides.
+        if state.intent.get("sends", 0) == 0 or state.reconciled_absent:
+            _release_signature(ctx, holder[0])
+            return ctx.runtime.ledger.transition(holder[0], PlanState.EXPIRED, "expired before it was sent")
+        return _needs_attention(
+            ctx.runtime, holder[0], "expired while its outcome is unknown",
+            {"code": "ExpiredOutcomeUnknown", "message": "expires_at passed after a send whose outcome is unknown",
+             "intent": state.intent, "last_error": state.last_error},
+        )
     # Write down that a send is about to happen, then send.
     state.intent["sends"] = state.intent.get("sends", 0) + 1
     state.intent["last_send_at"] = ctx.now().isoformat()

@@ -54,7 +54,10 @@ TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
         {PlanState.SUBMITTED, PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION, PlanState.QUEUED,
          PlanState.EXPIRED}
     ),
-    PlanState.SUBMITTED: frozenset({PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION}),
+    # submitted -> expired: only when nothing was sent, or reads confirmed nothing exists.
+    PlanState.SUBMITTED: frozenset(
+        {PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION, PlanState.EXPIRED}
+    ),
     # A person settles a plan that needs attention, after checking AWS.
     PlanState.NEEDS_ATTENTION: frozenset(
         {PlanState.SUCCEEDED, PlanState.FAILED, PlanState.CANCELLED, PlanState.QUEUED}

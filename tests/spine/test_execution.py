@@ -143,3 +143,40 @@ def test_sessions_are_cached_per_account_and_family(runtime: Runtime, sandbox: S
 def test_role_session_name_is_valid_for_sts() -> None:
     assert role_session_name("ri:2026/11 #1") == "commitd-ri-2026-11--1"
     assert len(role_session_name("x" * 128)) == 64
+
+
+def test_waiting_for_the_same_purchase_does_not_use_up_attempts(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    from worker.execution import RequeueLater
+
+    record_plan(intake, ri_plan("holder"))
+    record_plan(intake, ri_plan("waiter"))
+    # "holder" is mid-flight on the same offering: it holds the purchase signature.
+    assert run_plan(runtime, "holder", ACTIONS) == "succeeded"
+    signature = runtime.ledger.get("holder").intent["signature"]
+    runtime.redis.set(runtime.key("inflight", signature), "in-flight-elsewhere")
+    record_plan(intake, ri_plan("in-flight-elsewhere", instance_count=3))
+    for _ in range(runtime.settings.max_attempts + 2):
+        with pytest.raises(RequeueLater):
+            run_plan(runtime, "waiter", ACTIONS)
+        record = runtime.ledger.get("waiter")
+        assert record.state.value == "queued" and record.attempts == 0
+    runtime.redis.delete(runtime.key("inflight", signature))
+    assert run_plan(runtime, "waiter", ACTIONS) == "succeeded"
+    assert len(ris(sandbox)) == 2
+
+
+def test_never_sent_after_expires_at(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # Every purchase answer takes 2 s and is a throttle; the plan expires 1 s after the first send goes out.
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "latency", probability=1.0, latency_ms=2000)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "throttle", probability=1.0)
+    expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    record_plan(intake, {**ri_plan("expiring"), "expires_at": expires})
+    assert run_plan(runtime, "expiring", ACTIONS) == "expired"
+    record = runtime.ledger.get("expiring")
+    assert record.intent["sends"] == 1
+    assert record.history[-1].note == "expired before it was sent"
+    assert ris(sandbox) == []
