@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     call_attempts: int = Field(4, ge=1, description="sends or reconciling reads per AWS call before giving up")
     retry_base_seconds: float = Field(0.5, ge=0, description="first backoff of the AWS retry loop")
     retry_max_seconds: float = Field(8.0, ge=0)
+    reconcile_delay_seconds: float = Field(
+        5.0, ge=0, description="after a send, wait this long before a read that could lead to a re-send"
+    )
     visibility_timeout: int = Field(
         3600, ge=10, description="seconds before Redis redelivers an unacknowledged task message"
     )

@@ -382,6 +382,7 @@ def _settle_round(
     action = ctx.action
     if state.must_reconcile and action.idempotency != Idempotency.CLIENT_TOKEN:
         try:
+            _settle_delay(ctx, state.intent)
             found = action.reconcile(ctx, params, state.intent)
         except LeaseLost:
             raise
@@ -429,25 +430,37 @@ def _settle_round(
     return _succeed(ctx, holder[0], result, "AWS accepted the call")
 
 
+def _settle_delay(ctx: ExecutionContext, intent: dict[str, Any]) -> None:
+    """AWS's describe calls are eventually consistent: a purchase may take a moment to show. A read that could
+    lead to a re-send waits until COMMITD_RECONCILE_DELAY_SECONDS have passed since the last send."""
+    last = intent.get("last_send_at")
+    if not last:
+        return
+    since_send = (ctx.now() - datetime.fromisoformat(last)).total_seconds()
+    remaining = ctx.runtime.settings.reconcile_delay_seconds - since_send
+    if remaining > 0:
+        if ctx.lease is not None:
+            ctx.lease.ensure_held()
+        time.sleep(remaining)
+
+
 def _give_up(ctx: ExecutionContext, record: PlanRecord, params: Any, state: _SettleState) -> PlanRecord:
     """Out of attempts. One last look settles it when it can; otherwise a person decides."""
     action = ctx.action
-    if action.idempotency != Idempotency.CLIENT_TOKEN or state.last_outcome in (Outcome.UNKNOWN, Outcome.SERVER_ERROR):
-        try:
-            found = action.reconcile(ctx, params, state.intent)
-            if found.found is not None:
-                return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
-            state.reconciled_absent = True
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            state.last_error, state.reconciled_absent = describe(exc), False
-    if state.reconciled_absent and state.last_outcome in (Outcome.THROTTLED, Outcome.NOT_SENT):
-        # AWS answered every send with a refusal to act, and the reads confirm nothing exists.
+    try:
+        _settle_delay(ctx, state.intent)
+        found = action.reconcile(ctx, params, state.intent)
+        if found.found is not None:
+            return _succeed(ctx, record, {**found.found, "reconciled": True}, "found by reconciliation")
+        # The reads, made after AWS had time to show it, confirm nothing exists: the plan failed, nothing spent.
         _release_signature(ctx, record)
         return ctx.runtime.ledger.transition(
-            record, PlanState.FAILED, "AWS kept refusing; nothing was bought", error=state.last_error or {}
+            record, PlanState.FAILED, "AWS never completed the call; nothing was bought", error=state.last_error or {}
         )
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        state.last_error = describe(exc)
     return _needs_attention(
         ctx.runtime,
         record,

@@ -130,6 +130,7 @@ def env(redis_server: RedisServer, sandbox_server: SandboxServer, accounts_file:
         "COMMITD_LEASE_SECONDS": "2",
         "COMMITD_RETRY_BASE_SECONDS": "0.05",
         "COMMITD_RETRY_MAX_SECONDS": "0.2",
+        "COMMITD_RECONCILE_DELAY_SECONDS": "0.2",
         "COMMITD_STALLED_AFTER": "3",
         "COMMITD_SWEEP_INTERVAL": "0.5",
         "COMMITD_VISIBILITY_TIMEOUT": "30",
