@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sandbox.errors import AwsError
@@ -87,3 +87,18 @@ def new_uuid() -> str:
 
 def ec2_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:17]}"
+
+
+def term_advancer(pending: str = "payment-pending", start_key: str = "StartTime") -> Callable[[Any, datetime], bool]:
+    """The life of a reservation with a term: ``pending`` until ``data['_PendingUntil']``, then active, then
+    retired at ``data[start_key] + data['Duration']`` seconds. Returns True while it can still change."""
+
+    def advance(resource: Any, now: datetime) -> bool:
+        data = resource.data
+        if resource.state == pending and now >= data["_PendingUntil"]:
+            resource.state = "active"
+        if resource.state == "active" and now >= data[start_key] + timedelta(seconds=data["Duration"]):
+            resource.state = "retired"
+        return resource.state in (pending, "active")
+
+    return advance

@@ -16,7 +16,7 @@ from typing import Any
 from sandbox.catalogue import Catalogue, stable_uuid
 from sandbox.errors import AwsError
 from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup, seeder
-from sandbox.services._common import YEAR_SECONDS
+from sandbox.services._common import YEAR_SECONDS, term_advancer
 from sandbox.services.rds_reservations import (
     DISCOUNT,
     PAYMENT_OPTIONS,
@@ -140,13 +140,8 @@ def reservation_record(
     return Resource(account_id, region, SERVICE, RESOURCE_TYPE, arn, "payment-pending", created_by, data)
 
 
-def advance_reservation(resource: Resource, now: datetime) -> bool:
-    data = resource.data
-    if resource.state == "payment-pending" and now >= data["_PendingUntil"]:
-        resource.state = "active"
-    if resource.state == "active" and now >= data["StartTime"] + timedelta(seconds=data["Duration"]):
-        resource.state = "retired"
-    return resource.state in ("payment-pending", "active")
+# payment → active after the payment delay; active → retired at the end of the term.
+advance_reservation = term_advancer("payment-pending")
 
 
 @on_state_setup

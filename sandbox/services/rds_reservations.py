@@ -21,7 +21,7 @@ from typing import Any
 from sandbox.catalogue import Catalogue, stable_uuid
 from sandbox.errors import AwsError
 from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup, seeder
-from sandbox.services._common import YEAR_SECONDS, new_uuid, paginate
+from sandbox.services._common import YEAR_SECONDS, new_uuid, paginate, term_advancer
 from sandbox.state import CreatedBy, Resource, SandboxState
 
 SERVICE = "rds"
@@ -230,14 +230,8 @@ def reservation_record(
     return Resource(account_id, region, SERVICE, RESOURCE_TYPE, arn, "payment-pending", created_by, data)
 
 
-def advance_reservation(resource: Resource, now: datetime) -> bool:
-    """payment-pending → active after the payment delay; active → retired at the end of the term."""
-    data = resource.data
-    if resource.state == "payment-pending" and now >= data["_PendingUntil"]:
-        resource.state = "active"
-    if resource.state == "active" and now >= data["StartTime"] + timedelta(seconds=data["Duration"]):
-        resource.state = "retired"
-    return resource.state in ("payment-pending", "active")
+# payment → active after the payment delay; active → retired at the end of the term.
+advance_reservation = term_advancer("payment-pending")
 
 
 @on_state_setup

@@ -27,7 +27,7 @@ from typing import Any
 from sandbox.catalogue import Catalogue, stable_uuid
 from sandbox.errors import AwsError
 from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup, seeder
-from sandbox.services._common import YEAR_SECONDS, new_uuid
+from sandbox.services._common import YEAR_SECONDS, new_uuid, term_advancer
 from sandbox.services.rds_reservations import (
     DISCOUNT,
     PAYMENT_OPTIONS,
@@ -149,13 +149,8 @@ def node_record(
     return Resource(account_id, region, SERVICE, RESOURCE_TYPE, node_id, "pending-payment", created_by, data)
 
 
-def advance_node(resource: Resource, now: datetime) -> bool:
-    data = resource.data
-    if resource.state == "pending-payment" and now >= data["_PendingUntil"]:
-        resource.state = "active"
-    if resource.state == "active" and now >= data["StartTime"] + timedelta(seconds=data["Duration"]):
-        resource.state = "retired"
-    return resource.state in ("pending-payment", "active")
+# payment → active after the payment delay; active → retired at the end of the term.
+advance_node = term_advancer("pending-payment")
 
 
 @on_state_setup
