@@ -26,7 +26,8 @@ from sandbox.services.rds_reservations import (
     marker_page,
     recurring_charges,
     reservation_prices,
-    seeded_start,
+    seed_offering,
+    seed_reservation,
     with_marker,
 )
 from sandbox.state import CreatedBy, Resource, SandboxState
@@ -232,36 +233,20 @@ def seed_reserved_cache_node(state: SandboxState, catalogue: Catalogue, entry: d
     product_description?, offering_type?, duration_years?), "cache_node_count"?, "start_days_ago"?, "id"?,
     "tags"?}``"""
     region = entry["region"]
-    if "offering_id" in entry:
-        offering = find_offering(catalogue, region, entry["offering_id"])
-    else:
-        matches = [
+    offering = seed_offering(
+        entry,
+        find_offering(catalogue, region, entry["offering_id"]) if "offering_id" in entry else None,
+        [
             o
             for o in offerings_in(catalogue, region)
-            if o["CacheNodeType"] == entry["cache_node_type"]
+            if o["CacheNodeType"] == entry.get("cache_node_type")
             and o["ProductDescription"] == entry.get("product_description", "redis")
             and o["OfferingType"] == entry.get("offering_type", "No Upfront")
             and o["Duration"] == int(entry.get("duration_years", 1)) * YEAR_SECONDS
-        ]
-        offering = matches[0] if len(matches) == 1 else None
-    if offering is None:
-        raise ValueError(f"seed entry matches no single ElastiCache offering: {entry}")
-    account_id = entry["account_id"]
-    taken = {r.data["ReservedCacheNodeId"] for r in state.find(SERVICE, RESOURCE_TYPE, account_id, region)}
-    reservation_id = entry.get("id") or generated_reservation_id(state, taken)
-    if reservation_id in taken:
-        raise ValueError(f"seed entry: reserved cache node {reservation_id} already exists")
-    start = seeded_start(state, entry)
-    resource = reservation_record(
-        account_id,
-        region,
-        offering,
-        reservation_id,
-        int(entry.get("cache_node_count", 1)),
-        start,
-        CreatedBy("seed", None, state.clock.now()),
-        list(entry.get("tags", [])),
+        ],
+        "ElastiCache",
     )
-    resource.data["_PendingUntil"] = start
-    advance_reservation(resource, state.clock.now())
-    state.add(resource)
+    seed_reservation(
+        state, entry, offering, SERVICE, RESOURCE_TYPE, "ReservedCacheNodeId", "cache_node_count",
+        "reserved cache node", reservation_record, advance_reservation,
+    )

@@ -15,6 +15,7 @@ pattern.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -335,37 +336,65 @@ def seed_reserved_db_instance(state: SandboxState, catalogue: Catalogue, entry: 
     product_description, multi_az?, offering_type?, duration_years?), "db_instance_count"?, "start_days_ago"?,
     "id"?, "tags"?}``"""
     region = entry["region"]
-    if "offering_id" in entry:
-        offering = find_offering(catalogue, region, entry["offering_id"])
-    else:
-        matches = [
+    offering = seed_offering(
+        entry,
+        find_offering(catalogue, region, entry["offering_id"]) if "offering_id" in entry else None,
+        [
             o
             for o in offerings_in(catalogue, region)
-            if o["DBInstanceClass"] == entry["db_instance_class"]
+            if o["DBInstanceClass"] == entry.get("db_instance_class")
             and o["ProductDescription"] == entry.get("product_description", "mysql")
             and o["MultiAZ"] == bool(entry.get("multi_az", False))
             and o["OfferingType"] == entry.get("offering_type", "No Upfront")
             and o["Duration"] == int(entry.get("duration_years", 1)) * YEAR_SECONDS
-        ]
-        offering = matches[0] if len(matches) == 1 else None
+        ],
+        "RDS",
+    )
+    seed_reservation(
+        state, entry, offering, SERVICE, RESOURCE_TYPE, "ReservedDBInstanceId", "db_instance_count",
+        "reserved DB instance", reservation_record, advance_reservation,
+    )
+
+
+def seed_offering(
+    entry: dict[str, Any], by_id: dict[str, Any] | None, matches: list[dict[str, Any]], label: str
+) -> dict[str, Any]:
+    """The one offering a seed entry names: by ``offering_id``, or the single match of its attributes."""
+    offering = by_id if "offering_id" in entry else (matches[0] if len(matches) == 1 else None)
     if offering is None:
-        raise ValueError(f"seed entry matches no single RDS offering: {entry}")
-    account_id = entry["account_id"]
-    taken = {r.data["ReservedDBInstanceId"] for r in state.find(SERVICE, RESOURCE_TYPE, account_id, region)}
+        raise ValueError(f"seed entry matches no single {label} offering: {entry}")
+    return offering
+
+
+def seed_reservation(
+    state: SandboxState,
+    entry: dict[str, Any],
+    offering: dict[str, Any],
+    service: str,
+    resource_type: str,
+    id_key: str,
+    count_key: str,
+    label: str,
+    make_record: Callable[..., Resource],
+    advance: Callable[[Resource, datetime], bool],
+) -> None:
+    """Add a pre-existing reservation identified by a customer id (RDS, ElastiCache), already paid for."""
+    account_id, region = entry["account_id"], entry["region"]
+    taken = {r.data[id_key] for r in state.find(service, resource_type, account_id, region)}
     reservation_id = entry.get("id") or generated_reservation_id(state, taken)
     if reservation_id in taken:
-        raise ValueError(f"seed entry: reserved DB instance {reservation_id} already exists")
+        raise ValueError(f"seed entry: {label} {reservation_id} already exists")
     start = seeded_start(state, entry)
-    resource = reservation_record(
+    resource = make_record(
         account_id,
         region,
         offering,
         reservation_id,
-        int(entry.get("db_instance_count", 1)),
+        int(entry.get(count_key, 1)),
         start,
         CreatedBy("seed", None, state.clock.now()),
         list(entry.get("tags", [])),
     )
     resource.data["_PendingUntil"] = start
-    advance_reservation(resource, state.clock.now())
+    advance(resource, state.clock.now())
     state.add(resource)
