@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     stalled_after: float = Field(300.0, gt=0, description="a queued plan with no worker for this long is re-sent")
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
-    client_cache_size: int = Field(512, ge=1, description="boto3 clients kept (LRU)")
+    client_cache_size: int = Field(128, ge=1, description="boto3 clients kept (LRU); an EC2 client holds about 1.4 MB")
 
     @field_validator("key_prefix")
     @classmethod

@@ -63,6 +63,7 @@ class AwsSessions:
         self._clients: LRUCache[tuple[str, ...], Any] = LRUCache(maxsize=settings.client_cache_size)
         self._lock = threading.RLock()
         self.assume_role_calls = 0
+        self._sts: Any = None
 
     def _base_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -78,7 +79,9 @@ class AwsSessions:
         cached = self._credentials.get(key)
         if cached and cached.expiration - margin > datetime.now(UTC):
             return cached
-        sts = self._boto3.client("sts", region_name="us-east-1", config=READ_CONFIG, **self._base_kwargs())
+        if self._sts is None:  # one STS client for the daemon's own identity, built once
+            self._sts = self._boto3.client("sts", region_name="us-east-1", config=READ_CONFIG, **self._base_kwargs())
+        sts = self._sts
         request: dict[str, Any] = {
             "RoleArn": account.role_arn,
             "RoleSessionName": role_session_name(plan_id),
