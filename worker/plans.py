@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Any, Literal
@@ -136,6 +135,3 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
         lines.append(f"{location}: {message}" if location else message)
     return "; ".join(lines)
 
-
-def parse_timestamp(value: str) -> datetime:
-    return datetime.fromisoformat(value)

@@ -180,3 +180,11 @@ def test_never_sent_after_expires_at(runtime: Runtime, sandbox: SandboxControl, 
     assert record.intent["sends"] == 1
     assert record.history[-1].note == "expired before it was sent"
     assert ris(sandbox) == []
+
+
+def test_client_tokens_derive_from_the_plan_id() -> None:
+    from worker.execution import derive_token
+
+    token = derive_token("acme:ri:2026-11-28")
+    assert token == derive_token("acme:ri:2026-11-28") != derive_token("acme:ri:2026-11-29")
+    assert len(token) <= 64 and token.isascii()
