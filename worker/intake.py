@@ -325,20 +325,24 @@ class Intake:
                 counts["due"] += 1
             self.redis.zrem(self.scheduled, plan_id)
         stalled_after = self.runtime.settings.stalled_after
-        for state in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
-            for record in self.ledger.list(state):
-                idle = (now - record.updated_at).total_seconds()
-                threshold = stalled_after if state == PlanState.QUEUED else self.runtime.settings.lease_seconds
-                if idle < threshold or self.redis.exists(self.runtime.key("lease", record.plan_id)):
-                    continue
-                envelope = PlanEnvelope.model_validate(record.plan)
-                self.enqueue(self.actions[envelope.action].family, record.plan_id)
-                try:
-                    # Noted in the ledger, which also restarts the idle clock: one re-send per threshold.
-                    self.ledger.update(record, "re-sent by the sweeper: no worker holds it")
-                except ConcurrentUpdate:
-                    pass  # a worker took it meanwhile; the extra message finds it leased or settled
-                counts["resent"] += 1
+        lease_seconds = self.runtime.settings.lease_seconds
+        # Only the plans idle for at least the shorter threshold are read (an index, not a scan of every plan).
+        for plan_id in self.ledger.idle_in_flight(min(stalled_after, lease_seconds)):
+            record = self.ledger.get(plan_id)
+            if record is None or record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+                continue
+            idle = (now - record.updated_at).total_seconds()
+            threshold = stalled_after if record.state == PlanState.QUEUED else lease_seconds
+            if idle < threshold or self.redis.exists(self.runtime.key("lease", record.plan_id)):
+                continue
+            envelope = PlanEnvelope.model_validate(record.plan)
+            self.enqueue(self.actions[envelope.action].family, record.plan_id)
+            try:
+                # Noted in the ledger, which also restarts the idle clock: one re-send per threshold.
+                self.ledger.update(record, "re-sent by the sweeper: no worker holds it")
+            except ConcurrentUpdate:
+                pass  # a worker took it meanwhile; the extra message finds it leased or settled
+            counts["resent"] += 1
         return counts
 
     def run_forever(self, stop: threading.Event, consumer: str | None = None) -> None:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 from worker.audit import AuditLog, prepare
 from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
 
+IN_FLIGHT_STATES = frozenset({PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
+
 _WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
@@ -32,6 +34,7 @@ redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[2])
 if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], ARGV[4]) end
 redis.call('SADD', KEYS[3], ARGV[4])
 if ARGV[1] == '' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[4]) end
+if ARGV[10] == '' then redis.call('ZREM', KEYS[7], ARGV[4]) else redis.call('ZADD', KEYS[7], ARGV[10], ARGV[4]) end
 local id = redis.call('XADD', KEYS[4], '*', 'data', ARGV[7], 'prev', ARGV[6], 'hash', ARGV[8])
 redis.call('SET', KEYS[5], ARGV[8])
 return {1, id}
@@ -106,6 +109,16 @@ class Ledger:
     def _index_key(self) -> str:
         return f"{self.prefix}index:plans"
 
+    @property
+    def _in_flight_key(self) -> str:
+        """Plans a worker should be carrying (queued, running, submitted), scored by their last change."""
+        return f"{self.prefix}index:in-flight"
+
+    def idle_in_flight(self, idle_seconds: float) -> list[str]:
+        """Plans in flight whose record has not changed for ``idle_seconds``: what the sweeper looks at."""
+        cutoff = datetime.now(UTC).timestamp() - idle_seconds
+        return [_text(i) for i in self.redis.zrangebyscore(self._in_flight_key, 0, cutoff)]
+
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, plan_id: str) -> PlanRecord | None:
         raw = self.redis.hget(self._plan_key(plan_id), "record")
@@ -143,6 +156,7 @@ class Ledger:
                     self.audit.stream,
                     self.audit.head_key,
                     self._index_key,
+                    self._in_flight_key,
                 ],
                 args=[
                     str(old.version) if old else "",
@@ -154,6 +168,7 @@ class Ledger:
                     entry.data_json,
                     entry.hash,
                     new.received_at.timestamp(),
+                    str(new.updated_at.timestamp()) if new.state in IN_FLIGHT_STATES else "",
                 ],
             )
             ok, detail = reply[0], reply[1]

@@ -188,3 +188,11 @@ def test_client_tokens_derive_from_the_plan_id() -> None:
     token = derive_token("acme:ri:2026-11-28")
     assert token == derive_token("acme:ri:2026-11-28") != derive_token("acme:ri:2026-11-29")
     assert len(token) <= 64 and token.isascii()
+
+
+def test_the_sweeper_reads_only_plans_in_flight(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+    record_plan(intake, ri_plan("in-flight"))
+    assert runtime.ledger.idle_in_flight(0) == ["in-flight"]
+    assert runtime.ledger.idle_in_flight(3600) == []  # changed just now
+    assert run_plan(runtime, "in-flight", ACTIONS) == "succeeded"
+    assert runtime.ledger.idle_in_flight(0) == []
