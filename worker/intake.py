@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from worker.actions import Action
-from worker.ledger import ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
+from worker.ledger import IN_FLIGHT_STATES, ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
 from worker.logs import get_logger
 from worker.plans import PLAN_ID_PATTERN, PlanEnvelope, PlanState, describe_validation_error, regions_for
 from worker.runtime import Runtime
@@ -307,7 +307,7 @@ class Intake:
     # --- the sweeper -----------------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
         """Move due scheduled plans to the queue and re-send plans whose worker vanished."""
-        counts = {"due": 0, "resent": 0}
+        counts = {"due": 0, "resent": 0, "routed": 0}
         now = _now()
         for raw in self.redis.zrangebyscore(self.scheduled, 0, now.timestamp()):
             plan_id = raw.decode() if isinstance(raw, bytes) else raw
@@ -329,10 +329,15 @@ class Intake:
         # Only the plans idle for at least the shorter threshold are read (an index, not a scan of every plan).
         for plan_id in self.ledger.idle_in_flight(min(stalled_after, lease_seconds)):
             record = self.ledger.get(plan_id)
-            if record is None or record.state not in (PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED):
+            if record is None or record.state not in IN_FLIGHT_STATES:
                 continue
             idle = (now - record.updated_at).total_seconds()
-            threshold = stalled_after if record.state == PlanState.QUEUED else lease_seconds
+            threshold = stalled_after if record.state in (PlanState.RECEIVED, PlanState.QUEUED) else lease_seconds
+            if record.state == PlanState.RECEIVED:
+                if idle >= threshold:
+                    self._finish_intake(record)
+                    counts["routed"] += 1
+                continue
             if idle < threshold or self.redis.exists(self.runtime.key("lease", record.plan_id)):
                 continue
             envelope = PlanEnvelope.model_validate(record.plan)
@@ -344,6 +349,18 @@ class Intake:
                 pass  # a worker took it meanwhile; the extra message finds it leased or settled
             counts["resent"] += 1
         return counts
+
+    def _finish_intake(self, record: PlanRecord) -> None:
+        """A plan recorded as received whose intake stopped before routing it: check and route it now."""
+        if record.plan is not None:
+            # The same content again: intake's resubmission path finishes the routing (or the rejection).
+            self.submit_raw(json.dumps(record.plan), "sweeper")
+            return
+        reason = "intake stopped before checking this plan, and its content was not kept (too large or not JSON)"
+        try:
+            self.ledger.transition(record, PlanState.REJECTED, reason, error={"code": "InvalidPlan", "message": reason})
+        except (ConcurrentUpdate, InvalidTransition):
+            pass  # settled meanwhile
 
     def run_forever(self, stop: threading.Event, consumer: str | None = None) -> None:
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from worker.audit import AuditLog, prepare
 from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
 
-IN_FLIGHT_STATES = frozenset({PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
+IN_FLIGHT_STATES = frozenset({PlanState.RECEIVED, PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
 
 _WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
@@ -111,7 +111,7 @@ class Ledger:
 
     @property
     def _in_flight_key(self) -> str:
-        """Plans a worker should be carrying (queued, running, submitted), scored by their last change."""
+        """Plans intake or a worker should be carrying (received to submitted), scored by their last change."""
         return f"{self.prefix}index:in-flight"
 
     def idle_in_flight(self, idle_seconds: float) -> list[str]:

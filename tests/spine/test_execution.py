@@ -196,3 +196,29 @@ def test_the_sweeper_reads_only_plans_in_flight(runtime: Runtime, sandbox: Sandb
     assert runtime.ledger.idle_in_flight(3600) == []  # changed just now
     assert run_plan(runtime, "in-flight", ACTIONS) == "succeeded"
     assert runtime.ledger.idle_in_flight(0) == []
+
+
+def test_the_sweeper_finishes_plans_whose_intake_stopped_after_recording(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.ledger import PlanRecord
+    from worker.plans import PlanEnvelope, PlanState
+
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    valid = PlanEnvelope.model_validate(ri_plan("orphan-valid"))
+    invalid = {**ri_plan("orphan-invalid"), "region": "mars-1"}
+    for plan_id, plan, canonical in [
+        ("orphan-valid", valid.model_dump(mode="json"), valid.canonical()),
+        ("orphan-invalid", invalid, json.dumps(invalid, sort_keys=True, separators=(",", ":"))),
+        ("orphan-lost", None, "x" * 64),
+    ]:
+        runtime.ledger.create(PlanRecord(plan_id=plan_id, state=PlanState.RECEIVED, plan=plan, canonical=canonical,
+                                         received_at=long_ago, updated_at=long_ago))
+    assert intake.sweep()["routed"] == 3
+    assert runtime.ledger.get("orphan-valid").state.value == "queued"
+    assert runtime.ledger.get("orphan-invalid").state.value == "rejected"
+    assert "region" in runtime.ledger.get("orphan-invalid").error["message"]
+    assert runtime.ledger.get("orphan-lost").state.value == "rejected"
+    assert intake.sweep()["routed"] == 0
