@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request
 from sandbox import registry
 from sandbox.catalogue import Catalogue
 from sandbox.clock import SandboxClock
-from sandbox.errors import ACCESS_DENIED_CODES, SERVER_ERRORS, THROTTLE_ERRORS, AwsError
+from sandbox.errors import ACCESS_DENIED_CODES, SERVER_ERRORS, THROTTLE_ERRORS, AwsError, missing_parameter
 from sandbox.faults import FaultInjector, FaultRule
 from sandbox.iam import IamEnforcer
 from sandbox.protocol import (
@@ -29,6 +29,7 @@ from sandbox.protocol import (
     parse_params,
     serialize_error,
     serialize_result,
+    service_model,
 )
 from sandbox.state import SandboxState
 
@@ -125,6 +126,11 @@ class SandboxApp:
                 url_params,
             )
             handler = registry.HANDLERS.get((service, operation))
+            if handler is not None:
+                required = service_model(service).operation_model(operation).input_shape
+                for name in required.required_members if required is not None else ():
+                    if name not in params and name not in url_params:
+                        raise missing_parameter(service, name)
             if handler is None:
                 response = self._call_moto(environ, body)
             else:

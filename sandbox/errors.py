@@ -32,6 +32,15 @@ def invalid_parameter(message: str, service: str = "ec2") -> AwsError:
     return AwsError("ValidationException", message)
 
 
+def missing_parameter(service: str, name: str) -> AwsError:
+    """A required parameter is absent (for example an empty structure, which the query protocols drop)."""
+    if service in ("ec2", "rds", "redshift", "elasticache", "sts"):
+        return AwsError("MissingParameter", f"The request must contain the parameter {name}")
+    if service == "organizations":
+        return AwsError("InvalidInputException", f"{name} is required.")
+    return AwsError("ValidationException", f"{name} is required.")
+
+
 # Per service: the throttling error AWS really returns, and a server-side failure (5xx).
 THROTTLE_ERRORS: dict[str, AwsError] = {
     "ec2": AwsError("RequestLimitExceeded", "Request limit exceeded.", 503),

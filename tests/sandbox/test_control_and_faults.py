@@ -129,3 +129,15 @@ def test_an_operation_nobody_simulates_is_a_plain_error_not_a_dropped_connection
     assert caught.value.response["Error"]["Code"] == "NotImplemented"
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
     assert "ec2:GetCapacityReservationUsage" in caught.value.response["Error"]["Message"]
+
+
+def test_a_required_parameter_left_empty_is_missing_parameter(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    # An empty structure is dropped by the query protocol: AWS sees no Recurrence at all.
+    with pytest.raises(ClientError) as caught:
+        ec2.describe_scheduled_instance_availability(
+            FirstSlotStartTimeRange={"EarliestTime": "2026-12-01T00:00:00Z", "LatestTime": "2026-12-02T00:00:00Z"},
+            Recurrence={},
+        )
+    assert caught.value.response["Error"]["Code"] == "MissingParameter"
+    assert "Recurrence" in caught.value.response["Error"]["Message"]
