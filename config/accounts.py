@@ -21,7 +21,12 @@ from config.settings import ConfigurationError
 class AccountLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_upfront_usd_per_plan: Decimal | None = Field(None, ge=0, description="refuse plans that could spend more")
+    max_upfront_usd_per_plan: Decimal | None = Field(
+        None, ge=0, description="refuse plans that could pay more upfront"
+    )
+    max_commitment_usd_per_plan: Decimal | None = Field(
+        None, ge=0, description="refuse plans that could commit more in total: upfront plus recurring over the term"
+    )
 
 
 class AccountConfig(BaseModel):
@@ -116,3 +121,34 @@ class AccountRegistry(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigurationError(f"COMMITD_ACCOUNTS_FILE {path}: {problems}") from None
+
+
+class ReloadingRegistry:
+    """The registry as its file is now: read again when the file's modification time, size or inode changes.
+    While the file is invalid (a half-written edit), ``current`` raises ConfigurationError: nothing is sent on a
+    configuration nobody can read (the executor waits), and the last good one is not silently kept."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._registry = AccountRegistry.load(path)
+        self._registry.check_secrets()
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> AccountRegistry:
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self._registry
+        registry = AccountRegistry.load(self.path)
+        registry.check_secrets()
+        self._registry, self._stamp = registry, stamp
+        return registry

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,14 +36,33 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal")
     log_level: str = "INFO"
-    lease_seconds: float = Field(30.0, gt=0, description="how long a worker holds a running plan without renewal")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="how long a worker holds a running plan without renewal; must exceed the send window"
+    )
     max_attempts: int = Field(5, ge=1, description="task executions per plan before it needs attention")
-    call_attempts: int = Field(4, ge=1, description="sends or reconciling reads per AWS call before giving up")
+    call_attempts: int = Field(4, ge=1, description="sends or failed reconciling reads per plan run before giving up")
     retry_base_seconds: float = Field(0.5, ge=0, description="first backoff of the AWS retry loop")
     retry_max_seconds: float = Field(8.0, ge=0)
-    reconcile_delay_seconds: float = Field(
-        5.0, ge=0, description="after a send, wait this long before a read that could lead to a re-send"
+    write_connect_timeout: float = Field(5.0, gt=0, description="connect timeout of the mutating AWS client")
+    write_read_timeout: float = Field(30.0, gt=0, description="read timeout of the mutating AWS client")
+    send_margin_seconds: float = Field(
+        15.0, ge=0, description="slack beyond the client timeouts: a send starts only with this much lease to spare, "
+        "and a worker taking over waits this long past the old lease"
     )
+    consistency_delay_seconds: float = Field(
+        20.0, ge=0, description="AWS's describe calls may lag a call by this long; absence is conclusive only after "
+        "the last send's timeouts plus this delay"
+    )
+    reconcile_interval_seconds: float = Field(
+        5.0, gt=0, description="between the spread-out reconciling reads of a plan whose outcome is not known yet"
+    )
+    send_record_durability: Literal["auto", "waitaof", "replicas", "fsync_always", "none"] = Field(
+        "auto", description="how a send record is made durable before a call without a token: auto picks WAITAOF "
+        "(Redis 7.2+ with AOF), WAIT on replicas, or appendfsync always, and refuses to send without any of them; "
+        "none is for throwaway setups only"
+    )
+    durability_replicas: int = Field(1, ge=1, description="replicas that must acknowledge (replicas mode)")
+    durability_timeout_ms: int = Field(2000, ge=1, description="how long to wait for durability before not sending")
     visibility_timeout: int = Field(
         3600, ge=10, description="seconds before Redis redelivers an unacknowledged task message"
     )
@@ -52,6 +71,20 @@ class Settings(BaseSettings):
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
     client_cache_size: int = Field(128, ge=1, description="boto3 clients kept (LRU); an EC2 client holds about 1.4 MB")
+
+    @property
+    def send_window(self) -> float:
+        """Longest a send may take to reach AWS once started: the write client's timeouts plus the margin."""
+        return self.write_connect_timeout + self.write_read_timeout + self.send_margin_seconds
+
+    @model_validator(mode="after")
+    def _lease_covers_a_send(self) -> Settings:
+        if self.lease_seconds <= self.send_window:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must exceed write_connect_timeout + write_read_timeout + "
+                f"send_margin_seconds ({self.send_window}): otherwise no send could ever start"
+            )
+        return self
 
     @field_validator("key_prefix")
     @classmethod
@@ -117,7 +150,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'COMMITD_' + '_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            (f"{'COMMITD_' + '_'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "") + err["msg"]
+            for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from None
 

@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
 
 import structlog
@@ -22,10 +23,12 @@ from sandbox.errors import ACCESS_DENIED_CODES, SERVER_ERRORS, THROTTLE_ERRORS, 
 from sandbox.faults import FaultInjector, FaultRule
 from sandbox.iam import IamEnforcer
 from sandbox.protocol import (
+    Caller,
     WireResponse,
     caller_from_headers,
     identify,
     json_response,
+    not_implemented,
     parse_params,
     serialize_error,
     serialize_result,
@@ -84,12 +87,14 @@ class SandboxApp:
         return [response.body]
 
     def _aws(self, environ: dict[str, Any], request: Request, body: bytes) -> WireResponse:
+        request_id = str(uuid.uuid4())
         identified = identify(request.method, request.path, request.headers, body)
         caller = caller_from_headers(request.headers)
         if identified is None or caller is None:
-            return self._call_moto(environ, body)
+            # Not one of the sandbox's services (or not signed): say so, rather than let moto answer for a service
+            # the sandbox does not simulate, or crash on one it has no backend for (a dropped connection).
+            return not_implemented(request.method, request.path, request.headers, body, request_id)
         service, operation, url_params = identified
-        request_id = str(uuid.uuid4())
         iam_action = f"{'es' if service == 'opensearch' else service}:{operation}"
 
         def error(err: AwsError) -> WireResponse:
@@ -101,9 +106,11 @@ class SandboxApp:
                 AwsError(code, f"You are not authorized to perform this operation: {iam_action}", status)
             )
 
-        drop_after = False
+        drop_after = error_after = False
         for fault in self.faults.draw(iam_action):
             if fault.kind == "latency":
+                # No lock is held here: other requests are served during the delay, and the call is applied after
+                # it even if the client has stopped waiting (a read timeout), as AWS would.
                 time.sleep(fault.latency_ms / 1000)
             elif fault.kind == "reset":
                 _drop(environ)
@@ -113,44 +120,11 @@ class SandboxApp:
                 return error(SERVER_ERRORS[service])
             elif fault.kind == "commit_then_drop":
                 drop_after = True
+            elif fault.kind == "commit_then_error":
+                error_after = True
 
         try:
-            params = parse_params(
-                service,
-                operation,
-                request.method,
-                request.path,
-                request.query_string.decode(),
-                request.headers,
-                body,
-                url_params,
-            )
-            handler = registry.HANDLERS.get((service, operation))
-            if handler is not None:
-                required = service_model(service).operation_model(operation).input_shape
-                for name in required.required_members if required is not None else ():
-                    if name not in params and name not in url_params:
-                        raise missing_parameter(service, name)
-            if handler is None:
-                response = self._call_moto(environ, body)
-            else:
-                ctx = registry.CallContext(
-                    state=self.state,
-                    catalogue=self.catalogue,
-                    iam=self.iam,
-                    account_id=self.account_for(caller.access_key),
-                    region=caller.region,
-                    service=service,
-                    operation=operation,
-                    access_key=caller.access_key,
-                    request_id=request_id,
-                    call_moto=lambda: self._call_moto(environ, body),
-                )
-                result = handler(ctx, params)
-                if isinstance(result, WireResponse):
-                    response = result
-                else:
-                    response = serialize_result(service, operation, result, request_id)
+            response = self._handle(environ, request, body, caller, service, operation, url_params, request_id)
         except AwsError as exc:
             response = error(exc)
         except NotImplementedError:
@@ -163,6 +137,69 @@ class SandboxApp:
             response = error(AwsError(*_INTERNAL_ERROR[service]))
         if drop_after:
             _drop(environ)
+        if error_after:
+            # The effect stands; the client sees the same 5xx as the `error` fault, which it may well re-send.
+            return error(SERVER_ERRORS[service])
+        return response
+
+    def _handle(
+        self,
+        environ: dict[str, Any],
+        request: Request,
+        body: bytes,
+        caller: Caller,
+        service: str,
+        operation: str,
+        url_params: dict[str, Any],
+        request_id: str,
+    ) -> WireResponse:
+        """The call itself: the sandbox's handler for the operation, else moto's answer."""
+        params = parse_params(
+            service,
+            operation,
+            request.method,
+            request.path,
+            request.query_string.decode(),
+            request.headers,
+            body,
+            url_params,
+        )
+        handler = registry.HANDLERS.get((service, operation))
+        if handler is None:
+            return self._moto_for(service, environ, body)
+        required = service_model(service).operation_model(operation).input_shape
+        for name in required.required_members if required is not None else ():
+            if name not in params and name not in url_params:
+                raise missing_parameter(service, name)
+        ctx = registry.CallContext(
+            state=self.state,
+            catalogue=self.catalogue,
+            iam=self.iam,
+            account_id=self.account_for(caller.access_key),
+            region=caller.region,
+            service=service,
+            operation=operation,
+            access_key=caller.access_key,
+            request_id=request_id,
+            call_moto=lambda: self._call_moto(environ, body),
+        )
+        result = handler(ctx, params)
+        if isinstance(result, WireResponse):
+            return result
+        return serialize_result(service, operation, result, request_id)
+
+    def _moto_for(self, service: str, environ: dict[str, Any], body: bytes) -> WireResponse:
+        """moto's answer to an operation of the sandbox's services that has no sandbox handler.
+
+        Raises NotImplementedError where moto has nothing to answer with: no backend for the service at all
+        (Savings Plans, where moto would crash), or no route for a REST operation (moto's router answers an
+        HTML 404, which botocore would read as an unknown error)."""
+        if service not in _moto_backends():
+            raise NotImplementedError(service)
+        response = self._call_moto(environ, body)
+        content_type = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
+        if response.status == 404 and content_type.startswith("text/html"):
+            raise NotImplementedError(service)
         return response
 
     def account_for(self, access_key: str) -> str:
@@ -278,6 +315,13 @@ class SandboxApp:
             if seeder is None:
                 raise ValueError(f"unknown existing commitment kind {kind!r}; known: {sorted(registry.SEEDERS)}")
             seeder(self.state, self.catalogue, entry)
+
+
+@cache
+def _moto_backends() -> frozenset[str]:
+    from moto.backends import list_of_moto_modules
+
+    return frozenset(list_of_moto_modules())
 
 
 def _drop(environ: dict[str, Any]) -> None:

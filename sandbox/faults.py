@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FaultKind = Literal["throttle", "error", "latency", "reset", "commit_then_drop"]
+FaultKind = Literal["throttle", "error", "latency", "reset", "commit_then_drop", "commit_then_error"]
 
 
 class FaultRule(BaseModel):

@@ -1,9 +1,15 @@
 """Family: EC2 reserved instances. Action: ec2:PurchaseReservedInstancesOffering.
 
-The purchase has no idempotency token (aws-commitment-apis.md §1), so exactly-once rests on three things:
-one plan at a time per offering (the executor's signature lock), the intent written before the call, and a
-reconciling DescribeReservedInstances that matches offering attributes, count and start time, skipping RIs
-that another plan already claimed.
+The purchase has no idempotency token (aws-commitment-apis.md §1), so it rests on the executor's protocol for
+such calls (docs/exactly-once.md): one plan at a time per offering (the intent's ``signature``), the intent and a
+durable send record before the call, and a reconciling DescribeReservedInstances that matches the offering's
+attributes, the count, and a start at or after AWS's own time when the intent was made (never the worker's
+clock). Where the customer granted ec2:CreateTags, each RI is tagged with its plan id and found by that tag first.
+
+Money: the plan bounds the upfront total and the hourly price per instance; intake bounds the total commitment
+(upfront + hourly × count × term hours) by the account's limit before any read, and the executor checks the
+offering's real total against the account's current limits right before the send. ``LimitPrice`` is sent as well,
+but AWS documents it for Marketplace offerings and it never covers the hourly part: the ceilings above do.
 """
 
 from __future__ import annotations
@@ -12,47 +18,50 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from botocore.exceptions import ClientError
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.families import EC2_RESERVED_INSTANCES
-from worker.actions import Action, Idempotency, PlanFailed, Reconciliation
-from worker.celery_app import family_task
-from worker.errors import error_code
-from worker.execution import ExecutionContext
+from worker.actions import (
+    Absent,
+    Action,
+    Ambiguous,
+    Found,
+    Idempotency,
+    Intent,
+    Nouns,
+    PlanFailed,
+    Reconciled,
+    Submitted,
+    register,
+)
+from worker.handle import PlanHandle
+from worker.plans import STRICT, NotBoolean, Rfc3339Time, UsdAmount
 
 YEAR_SECONDS = 31_536_000
-# AWS's clock and ours may differ a little; an RI that started this long before the intent still counts.
-CLOCK_SKEW = timedelta(seconds=120)
+# AWS stamps an RI's Start with its own clock; the Date header we compare with has one-second resolution.
+AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
+# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
+WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 RECONCILE_STATES = ["payment-pending", "active", "queued"]
 PLAN_TAG = "commitd:plan-id"
-
-
-def _decimal_string(value: Any) -> Any:
-    if isinstance(value, (float, int)) and not isinstance(value, bool):
-        raise ValueError("must be a decimal string, e.g. \"1200.00\"")
-    return value
-
-
-UsdAmount = Annotated[Decimal, BeforeValidator(_decimal_string), Field(ge=0, max_digits=14, decimal_places=4)]
 
 
 class PurchaseReservedInstancesParams(BaseModel):
     """Parameters of ec2:PurchaseReservedInstancesOffering (docs/plans.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     instance_type: str = Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", examples=["m5.large"])
     product_description: str = "Linux/UNIX"
     offering_class: Literal["standard", "convertible"]
     offering_type: Literal["No Upfront", "Partial Upfront", "All Upfront"]
-    duration_years: Literal[1, 3]
+    duration_years: Annotated[Literal[1, 3], NotBoolean]
     scope: Literal["Region", "Availability Zone"]
     availability_zone: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
     tenancy: Literal["default", "dedicated"] = "default"
     instance_count: int = Field(ge=1, le=10_000)
     offering_id: str | None = Field(None, min_length=1, description="pin one offering; it must match the fields")
-    purchase_time: AwareDatetime | None = Field(None, description="queue the purchase (regional RIs only)")
+    purchase_time: Rfc3339Time | None = Field(None, description="queue the purchase (regional RIs only)")
     max_upfront_usd: UsdAmount = Field(description="ceiling on the total upfront for all instances")
     max_hourly_usd: UsdAmount = Field(description="ceiling on the recurring hourly price per instance")
 
@@ -66,6 +75,36 @@ class PurchaseReservedInstancesParams(BaseModel):
             raise ValueError("purchase_time (a queued purchase) is only possible for regional RIs")
         return self
 
+    @property
+    def term_hours(self) -> int:
+        return self.duration_years * YEAR_SECONDS // 3600
+
+
+class OfferingAttributes(BaseModel):
+    """The attributes a reconciling read matches an RI on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance_type: str
+    product_description: str
+    duration: int
+    scope: str
+    availability_zone: str | None
+    offering_class: str
+    offering_type: str
+    tenancy: str
+
+
+class RiPurchaseIntent(Intent):
+    offering_id: str
+    instance_count: int
+    upfront_usd: Decimal  # total for all instances; also the LimitPrice
+    hourly_usd: Decimal  # recurring, per instance
+    marketplace: bool
+    offering: OfferingAttributes
+    purchase_time: datetime | None
+    started_after: datetime  # AWS's time when the intent was made, less its tolerance
+
 
 def _hourly(offering: dict[str, Any]) -> Decimal:
     recurring = sum(
@@ -75,19 +114,27 @@ def _hourly(offering: dict[str, Any]) -> Decimal:
     return recurring + Decimal(str(offering.get("UsagePrice", 0)))
 
 
-class PurchaseReservedInstancesOffering(Action):
+@register
+class PurchaseReservedInstancesOffering(Action[PurchaseReservedInstancesParams, RiPurchaseIntent]):
     action: ClassVar[str] = "ec2:PurchaseReservedInstancesOffering"
     family = EC2_RESERVED_INSTANCES
     service: ClassVar[str] = "ec2"
-    params_model: ClassVar[type[BaseModel]] = PurchaseReservedInstancesParams
+    params_model = PurchaseReservedInstancesParams
+    intent_model = RiPurchaseIntent
     idempotency = Idempotency.NONE
+    nouns = Nouns(resource="reserved instances", done="bought", claim_kind="ec2-ri")
+    permissions = frozenset({
+        "ec2:PurchaseReservedInstancesOffering",
+        "ec2:DescribeReservedInstancesOfferings",
+        "ec2:DescribeReservedInstances",
+    })
+    optional_permissions = frozenset({"ec2:CreateTags"})
 
-    def max_spend_usd(self, params: BaseModel) -> Decimal | None:
-        assert isinstance(params, PurchaseReservedInstancesParams)
-        return params.max_upfront_usd
+    def max_commitment_usd(self, params: PurchaseReservedInstancesParams) -> Decimal:
+        return params.max_upfront_usd + params.max_hourly_usd * params.instance_count * params.term_hours
 
     # --- reads before --------------------------------------------------------------------------------------
-    def find_offerings(self, ctx: ExecutionContext, p: PurchaseReservedInstancesParams) -> list[dict[str, Any]]:
+    def find_offerings(self, aws: PlanHandle, p: PurchaseReservedInstancesParams) -> list[dict[str, Any]]:
         request: dict[str, Any] = {
             "InstanceType": p.instance_type,
             "ProductDescription": p.product_description,
@@ -103,26 +150,14 @@ class PurchaseReservedInstancesOffering(Action):
             request["AvailabilityZone"] = p.availability_zone
         if p.offering_id:
             request["ReservedInstancesOfferingIds"] = [p.offering_id]
-        return ctx.paginate("describe_reserved_instances_offerings", "ReservedInstancesOfferings", **request)
+        return aws.paginate("describe_reserved_instances_offerings", "ReservedInstancesOfferings", **request)
 
-    def prepare(self, ctx: ExecutionContext, params: Any) -> dict[str, Any]:
-        p: PurchaseReservedInstancesParams = params
-        offerings = self.find_offerings(ctx, p)
-        if not offerings:
-            what = f"offering {p.offering_id}" if p.offering_id else "no offering"
-            raise PlanFailed(
-                "NoMatchingOffering",
-                f"{what} matches {p.instance_type} {p.product_description} {p.offering_class} {p.offering_type} "
-                f"{p.duration_years}y {p.scope} {p.availability_zone or ''} in {ctx.region}; nothing was bought",
-            )
-        if len(offerings) > 1:
-            ids = [o["ReservedInstancesOfferingId"] for o in offerings]
-            raise PlanFailed(
-                "AmbiguousOffering",
-                f"{len(offerings)} offerings match; pin one with params.offering_id; nothing was bought",
-                {"offering_ids": ids, "marketplace": [o.get("Marketplace", False) for o in offerings]},
-            )
-        offering = offerings[0]
+    def prepare(self, aws: PlanHandle, params: PurchaseReservedInstancesParams) -> RiPurchaseIntent:
+        p = params
+        offering = self._one_offering(aws, p)
+        if offering.get("CurrencyCode", "USD") != "USD":
+            raise PlanFailed("UnsupportedCurrency", f"offering is priced in {offering['CurrencyCode']}, ceilings "
+                             "are in USD; nothing was bought")
         if offering.get("Marketplace") and p.purchase_time is not None:
             raise PlanFailed("QueuedMarketplacePurchase", "marketplace offerings cannot be queued; nothing was bought")
         upfront_total = Decimal(str(offering["FixedPrice"])) * p.instance_count
@@ -141,160 +176,140 @@ class PurchaseReservedInstancesOffering(Action):
                 "nothing was bought",
                 {"hourly_usd": str(hourly), "max_hourly_usd": str(p.max_hourly_usd)},
             )
-        signature = f"ec2-ri:{ctx.account.account_id}:{ctx.region}:{offering['ReservedInstancesOfferingId']}"
-        return {
-            "offering_id": offering["ReservedInstancesOfferingId"],
-            "instance_count": p.instance_count,
-            "limit_price_usd": str(upfront_total),
-            "upfront_usd": str(upfront_total),
-            "hourly_usd": str(hourly),
-            "marketplace": bool(offering.get("Marketplace")),
-            "offering": {
-                "InstanceType": offering["InstanceType"],
-                "ProductDescription": offering["ProductDescription"],
-                "Duration": offering["Duration"],
-                "Scope": offering.get("Scope", p.scope),
-                "AvailabilityZone": offering.get("AvailabilityZone"),
-                "OfferingClass": offering.get("OfferingClass", p.offering_class),
-                "OfferingType": offering.get("OfferingType", p.offering_type),
-                "FixedPrice": offering["FixedPrice"],
-                "InstanceTenancy": offering.get("InstanceTenancy", p.tenancy),
-            },
-            "purchase_time": p.purchase_time.isoformat() if p.purchase_time else None,
-            "signature": signature,
-            "idempotency_value": signature,
-        }
+        duration = int(offering["Duration"])
+        aws_now = aws.aws_now()
+        started_after = aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+        return RiPurchaseIntent(
+            offering_id=offering["ReservedInstancesOfferingId"],
+            instance_count=p.instance_count,
+            upfront_usd=upfront_total,
+            hourly_usd=hourly,
+            commitment_usd=upfront_total + hourly * p.instance_count * (duration // 3600),
+            marketplace=bool(offering.get("Marketplace")),
+            offering=OfferingAttributes(
+                instance_type=offering["InstanceType"],
+                product_description=offering["ProductDescription"],
+                duration=duration,
+                scope=offering.get("Scope", p.scope),
+                availability_zone=offering.get("AvailabilityZone"),
+                offering_class=offering.get("OfferingClass", p.offering_class),
+                offering_type=offering.get("OfferingType", p.offering_type),
+                tenancy=offering.get("InstanceTenancy", p.tenancy),
+            ),
+            purchase_time=p.purchase_time,
+            started_after=started_after,
+            signature=f"ec2-ri:{aws.account.account_id}:{aws.region}:{offering['ReservedInstancesOfferingId']}",
+        )
+
+    def _one_offering(self, aws: PlanHandle, p: PurchaseReservedInstancesParams) -> dict[str, Any]:
+        offerings = self.find_offerings(aws, p)
+        if not offerings:
+            what = f"offering {p.offering_id}" if p.offering_id else "no offering"
+            raise PlanFailed(
+                "NoMatchingOffering",
+                f"{what} matches {p.instance_type} {p.product_description} {p.offering_class} {p.offering_type} "
+                f"{p.duration_years}y {p.scope} {p.availability_zone or ''} in {aws.region}; nothing was bought",
+            )
+        if len(offerings) > 1:
+            raise PlanFailed(
+                "AmbiguousOffering",
+                f"{len(offerings)} offerings match; pin one with params.offering_id; nothing was bought",
+                {"offering_ids": [o["ReservedInstancesOfferingId"] for o in offerings],
+                 "marketplace": [o.get("Marketplace", False) for o in offerings]},
+            )
+        return offerings[0]
 
     # --- the call ------------------------------------------------------------------------------------------
-    def _request(self, intent: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, intent: RiPurchaseIntent) -> dict[str, Any]:
         request: dict[str, Any] = {
-            "ReservedInstancesOfferingId": intent["offering_id"],
-            "InstanceCount": intent["instance_count"],
-            # AWS never charges more than the price the ceilings were checked against.
-            "LimitPrice": {"Amount": float(intent["limit_price_usd"]), "CurrencyCode": "USD"},
+            "ReservedInstancesOfferingId": intent.offering_id,
+            "InstanceCount": intent.instance_count,
+            # For Marketplace offerings AWS charges no more than this in total upfront; never the hourly part.
+            "LimitPrice": {"Amount": float(intent.upfront_usd), "CurrencyCode": "USD"},
         }
-        if intent.get("purchase_time"):
-            request["PurchaseTime"] = datetime.fromisoformat(intent["purchase_time"])
+        if intent.purchase_time:
+            request["PurchaseTime"] = intent.purchase_time
         return request
 
-    def submit(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> dict[str, Any]:
-        response = ctx.call("write", "purchase_reserved_instances_offering", **self._request(intent))
+    def submit(self, aws: PlanHandle, params: PurchaseReservedInstancesParams, intent: RiPurchaseIntent) -> Submitted:
+        response = aws.send("purchase_reserved_instances_offering", **self._request(intent))
         ri_id = response["ReservedInstancesId"]
-        ctx.claim("ec2-ri", ri_id)
-        self._tag(ctx, ri_id)
-        return {
-            "reserved_instances_id": ri_id,
-            "offering_id": intent["offering_id"],
-            "instance_count": intent["instance_count"],
-            "upfront_usd": intent["upfront_usd"],
-            "hourly_usd": intent["hourly_usd"],
-            "request_id": response.get("ResponseMetadata", {}).get("RequestId"),
-        }
+        return Submitted(self._result(intent, ri_id, intent.instance_count, "response"), (ri_id,))
 
-    def dry_run(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> dict[str, Any]:
-        try:
-            ctx.call("write", "purchase_reserved_instances_offering", DryRun=True, **self._request(intent))
-            permitted, answer = True, "accepted"  # not expected: AWS answers DryRunOperation
-        except ClientError as exc:
-            answer = error_code(exc) or "error"
-            permitted = answer == "DryRunOperation"
-        return {"would_buy": {k: intent[k] for k in ("offering_id", "instance_count", "upfront_usd", "hourly_usd")},
-                "permitted": permitted, "aws_answer": answer}
+    def dry_run(
+        self, aws: PlanHandle, params: PurchaseReservedInstancesParams, intent: RiPurchaseIntent
+    ) -> dict[str, Any]:
+        answer = aws.dry_run("purchase_reserved_instances_offering", **self._request(intent))
+        would_buy = {"offering_id": intent.offering_id, "instance_count": intent.instance_count,
+                     "upfront_usd": str(intent.upfront_usd), "hourly_usd": str(intent.hourly_usd),
+                     "commitment_usd": str(intent.commitment_usd)}
+        return {"would_buy": would_buy, "permitted": answer == "DryRunOperation", "aws_answer": answer}
 
-    def _tag(self, ctx: ExecutionContext, ri_id: str) -> bool:
+    def after_success(self, aws: PlanHandle, resource_ids: tuple[str, ...]) -> None:
         """Stamp the plan id on the RI where the customer granted ec2:CreateTags (an opt-in extra)."""
-        if not ctx.account.granted("ec2:CreateTags"):
-            return False
-        try:
-            ctx.call(
-                "write",
-                "create_tags",
-                Resources=[ri_id],
-                Tags=[{"Key": PLAN_TAG, "Value": ctx.plan_id}, {"Key": "commitd:managed-by", "Value": "commitd"}],
-            )
-            return True
-        except Exception:  # the purchase stands; without the tag, reconciliation falls back to attributes
-            return False
+        if aws.account.granted("ec2:CreateTags"):
+            aws.write_idempotent("create_tags", Resources=list(resource_ids), Tags=[
+                {"Key": PLAN_TAG, "Value": aws.plan_id}, {"Key": "commitd:managed-by", "Value": "commitd"}])
+
+    def _result(self, intent: RiPurchaseIntent, ri_id: str, count: int, found_by: str) -> dict[str, Any]:
+        return {"reserved_instances_id": ri_id, "offering_id": intent.offering_id, "instance_count": count,
+                "upfront_usd": str(intent.upfront_usd), "hourly_usd": str(intent.hourly_usd), "found_by": found_by}
 
     # --- reconciliation ------------------------------------------------------------------------------------
-    def reconcile(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> Reconciliation:
-        if ctx.account.granted("ec2:CreateTags"):
-            tagged = ctx.call(
-                "read", "describe_reserved_instances", Filters=[{"Name": f"tag:{PLAN_TAG}", "Values": [ctx.plan_id]}]
-            ).get("ReservedInstances", [])
+    def reconcile(
+        self, aws: PlanHandle, params: PurchaseReservedInstancesParams, intent: RiPurchaseIntent
+    ) -> Reconciled:
+        if aws.account.granted("ec2:CreateTags"):
+            tagged = aws.read("describe_reserved_instances", Filters=[
+                {"Name": f"tag:{PLAN_TAG}", "Values": [aws.plan_id]}]).get("ReservedInstances", [])
+            if len(tagged) > 1:  # two RIs carry this plan's id: it was bought twice
+                return Ambiguous(tuple(ri["ReservedInstancesId"] for ri in tagged), {"found_by": "tag"})
             if tagged:
                 ri = tagged[0]
-                ctx.claim("ec2-ri", ri["ReservedInstancesId"])
-                evidence = {"tagged": [ri["ReservedInstancesId"]]}
-                return Reconciliation(found=self._found(ri, intent, "tag"), evidence=evidence)
-        return self._reconcile_by_attributes(ctx, intent)
+                return Found(self._result(intent, ri["ReservedInstancesId"], ri["InstanceCount"], "tag"),
+                             (ri["ReservedInstancesId"],))
+        candidates = self._matching(aws, intent)
+        elsewhere = aws.claimed_elsewhere([c["ReservedInstancesId"] for c in candidates])
+        mine = [c for c in candidates if c["ReservedInstancesId"] not in elsewhere]
+        evidence = {"matched": [c["ReservedInstancesId"] for c in mine]}
+        if not mine:
+            return Absent(evidence)
+        if len(mine) > 1:
+            return Ambiguous(tuple(evidence["matched"]), evidence)
+        ri = mine[0]
+        return Found(self._result(intent, ri["ReservedInstancesId"], ri["InstanceCount"], "attributes"),
+                     (ri["ReservedInstancesId"],), evidence)
 
-    def _found(self, ri: dict[str, Any], intent: dict[str, Any], found_by: str) -> dict[str, Any]:
-        return {
-            "reserved_instances_id": ri["ReservedInstancesId"],
-            "offering_id": intent["offering_id"],
-            "instance_count": ri["InstanceCount"],
-            "upfront_usd": intent["upfront_usd"],
-            "hourly_usd": intent["hourly_usd"],
-            "state": ri.get("State"),
-            "found_by": found_by,
-        }
+    def look_alikes(
+        self, aws: PlanHandle, params: PurchaseReservedInstancesParams, intent: RiPurchaseIntent,
+        own: tuple[str, ...],
+    ) -> list[str]:
+        return [c["ReservedInstancesId"] for c in self._matching(aws, intent)]
 
-    def _reconcile_by_attributes(self, ctx: ExecutionContext, intent: dict[str, Any]) -> Reconciliation:
-        offering = intent["offering"]
+    def _matching(self, aws: PlanHandle, intent: RiPurchaseIntent) -> list[dict[str, Any]]:
+        """RIs with the intent's attributes and count that started at or after the intent (AWS's clock), or at
+        the queued purchase time."""
+        o = intent.offering
         filters = [
-            {"Name": "instance-type", "Values": [offering["InstanceType"]]},
-            {"Name": "product-description", "Values": [offering["ProductDescription"]]},
-            {"Name": "duration", "Values": [str(offering["Duration"])]},
-            {"Name": "scope", "Values": [offering["Scope"]]},
+            {"Name": "instance-type", "Values": [o.instance_type]},
+            {"Name": "product-description", "Values": [o.product_description]},
+            {"Name": "duration", "Values": [str(o.duration)]},
+            {"Name": "scope", "Values": [o.scope]},
             {"Name": "state", "Values": RECONCILE_STATES},
         ]
-        if offering.get("AvailabilityZone"):
-            filters.append({"Name": "availability-zone", "Values": [offering["AvailabilityZone"]]})
-        response = ctx.call(
-            "read",
-            "describe_reserved_instances",
-            Filters=filters,
-            OfferingClass=offering["OfferingClass"],
-            OfferingType=offering["OfferingType"],
-        )
-        intent_time = datetime.fromisoformat(intent["intent_time"])
-        queued_for = datetime.fromisoformat(intent["purchase_time"]) if intent.get("purchase_time") else None
-        candidates = []
+        if o.availability_zone:
+            filters.append({"Name": "availability-zone", "Values": [o.availability_zone]})
+        response = aws.read("describe_reserved_instances", Filters=filters, OfferingClass=o.offering_class,
+                            OfferingType=o.offering_type)
+        matched = []
         for ri in response.get("ReservedInstances", []):
-            if ri.get("InstanceCount") != intent["instance_count"]:
-                continue
-            if ri.get("InstanceTenancy", "default") != offering["InstanceTenancy"]:
+            if ri.get("InstanceCount") != intent.instance_count or ri.get("InstanceTenancy", "default") != o.tenancy:
                 continue
             start = ri["Start"]
-            if queued_for is not None:
-                if abs((start - queued_for).total_seconds()) > CLOCK_SKEW.total_seconds():
+            if intent.purchase_time is not None:
+                if abs((start - intent.purchase_time).total_seconds()) > AWS_CLOCK_TOLERANCE.total_seconds():
                     continue
-            elif start < intent_time - CLOCK_SKEW:
+            elif start < intent.started_after:
                 continue
-            holder = ctx.claimed_by("ec2-ri", ri["ReservedInstancesId"])
-            if holder is not None and holder != ctx.plan_id:
-                continue
-            candidates.append(ri)
-        evidence = {"matched": [c["ReservedInstancesId"] for c in candidates]}
-        if not candidates:
-            return Reconciliation(found=None, evidence=evidence)
-        if len(candidates) > 1:
-            raise PlanReconcileAmbiguous(evidence["matched"])
-        ri = candidates[0]
-        if not ctx.claim("ec2-ri", ri["ReservedInstancesId"]):
-            raise PlanReconcileAmbiguous(evidence["matched"])
-        self._tag(ctx, ri["ReservedInstancesId"])
-        return Reconciliation(found=self._found(ri, intent, "attributes"), evidence=evidence)
-
-
-class PlanReconcileAmbiguous(RuntimeError):
-    """Several unclaimed RIs match: which one is this plan's cannot be told apart. A person decides."""
-
-    def __init__(self, ids: list[str]) -> None:
-        super().__init__(f"several reserved instances match the purchase: {ids}")
-        self.ids = ids
-
-
-ACTIONS: list[Action] = [PurchaseReservedInstancesOffering()]
-run_plan = family_task(EC2_RESERVED_INSTANCES)
+            matched.append(ri)
+        return matched

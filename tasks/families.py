@@ -1,6 +1,6 @@
 """The permission families of the production role: which IAM actions each family's sessions may use.
 
-Every write action of ``../shared/reference/production-role.md`` belongs to exactly one family. Each family
+Every write action of ``docs/production-role.md`` belongs to exactly one family. Each family
 runs as one Celery task on its own queue, and its AssumeRole session policy allows only the actions listed
 here (``Family.session_policy``). tests/test_families.py checks this table against the production role and
 against botocore's service models.
@@ -8,7 +8,7 @@ against botocore's service models.
 
 from __future__ import annotations
 
-from worker.actions import Family
+from worker.family import Family
 
 EC2_RESERVED_INSTANCES = Family(
     name="ec2_reserved_instances",

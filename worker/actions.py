@@ -1,63 +1,40 @@
-"""What an action is: the contract every write action in ``tasks/`` implements.
+"""What an action is: the contract every write action in ``tasks/`` implements, and the registry of them.
 
-An action declares its family (the Celery task and queue that run it), its params model, the IAM actions it
-needs, and how its one mutating AWS call is made idempotent. The executor (``worker.execution``) drives it:
-``prepare`` (reads before; may fail the plan with nothing spent), ``submit`` (the mutating call, made at most
-once per plan by the executor's protocol), and ``reconcile`` (reads that find the effect of a call whose outcome
-is unknown).
+An action is one class in one file of ``tasks/``, registered with ``@register``. It declares its family (the
+Celery task and queue that run it), its params and intent models, the IAM actions it calls (``permissions``:
+the family's session policy is the union of these), how AWS makes its call idempotent, and its nouns. The
+executor (``worker.execution``) drives it through a narrow ``PlanHandle`` bound to the plan:
+
+- ``prepare``   reads before; returns the typed intent, or raises ``PlanFailed`` (nothing spent);
+- ``submit``    the one mutating call, through ``aws.send`` (the executor decides when that may happen);
+- ``reconcile`` reads that settle an unknown outcome: ``Found``, ``Absent``, ``Pending`` or ``Ambiguous``;
+- ``look_alikes`` (calls without a token) reads after success that find unclaimed resources that look like
+  this plan's, which would betray a duplicate send.
+
+Claims, locks, send counts, leases and the ledger belong to the executor; an action never sees them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+from worker.family import Family
 
 if TYPE_CHECKING:
-    from worker.execution import ExecutionContext
+    from worker.handle import PlanHandle
 
 
 class Idempotency(StrEnum):
-    CLIENT_TOKEN = "client_token"  # AWS deduplicates by a token we derive from the plan id
+    CLIENT_TOKEN = "client_token"  # AWS deduplicates by a token derived from the plan id
     CUSTOMER_ID = "customer_id"  # a customer-chosen resource id; a duplicate is refused by AWS
     NONE = "none"  # no mechanism: reconcile by describe before any re-send
-
-
-@dataclass(frozen=True)
-class Family:
-    """A permission family: one Celery task, one queue, the IAM actions its sessions may use."""
-
-    name: str
-    title: str
-    write_actions: tuple[str, ...]
-    read_actions: tuple[str, ...]
-    # Beyond the production role: used only where the customer granted them (AccountConfig.extra_permissions).
-    optional_actions: tuple[str, ...] = ()
-
-    @property
-    def queue(self) -> str:
-        return f"commitd.{self.name}"
-
-    @property
-    def task_name(self) -> str:
-        return f"commitd.{self.name}.run_plan"
-
-    def session_policy(self, granted_extras: Iterable[str] = ()) -> dict[str, Any]:
-        """The inline session policy for AssumeRole: this family's writes and reads, plus the optional actions
-        the customer granted, nothing else."""
-        granted = {a.lower() for a in granted_extras}
-        extras = tuple(a for a in self.optional_actions if a.lower() in granted)
-        return {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Action": list(self.write_actions + self.read_actions + extras), "Resource": "*"}
-            ],
-        }
 
 
 class PlanFailed(Exception):
@@ -70,44 +47,158 @@ class PlanFailed(Exception):
         self.details = details or {}
 
 
-@dataclass
-class Reconciliation:
-    """What the reconciling reads found. ``found`` holds the result when the effect exists."""
+class Intent(BaseModel):
+    """What the action will send, recorded before anything is sent. Each action subclasses it.
 
-    found: dict[str, Any] | None = None
+    ``signature`` (calls without a token): one plan at a time per signature, so reconciliation can tell whose
+    effect it sees. ``idempotency_value``: the token or customer-chosen id sent with the call.
+    ``commitment_usd``: the total the call commits (upfront + recurring over the term), for limits and the
+    result. The executor's own bookkeeping (sends, times, lock) is kept beside the intent, never inside it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signature: str | None = None
+    idempotency_value: str | None = None
+    commitment_usd: Decimal | None = None
+
+
+# --- what a reconciling read found: a closed set ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Found:
+    """The call's effect exists. ``resource_ids`` are claimed for the plan by the executor."""
+
+    result: dict[str, Any]
+    resource_ids: tuple[str, ...]
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-class Action(ABC):
+@dataclass(frozen=True)
+class Absent:
+    """No trace of the call. Conclusive only once reads were made late enough (the executor decides)."""
+
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An asynchronous AWS operation is still in progress (a modification, an account creation, an exchange):
+    look again later, without using an attempt."""
+
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    """Several candidates could be this plan's effect and cannot be told apart: a person decides at once."""
+
+    candidates: tuple[str, ...]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+Reconciled = Found | Absent | Pending | Ambiguous
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What ``submit`` returns: the result to record and the resources AWS says it created."""
+
+    result: dict[str, Any]
+    resource_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Nouns:
+    """The words the executor uses for this action in notes and errors ("nothing was bought")."""
+
+    resource: str  # "reserved instances"
+    done: str  # "bought"
+    claim_kind: str  # the namespace of the executor's claims: "ec2-ri"
+
+
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+IntentT = TypeVar("IntentT", bound=Intent)
+
+
+class Action(ABC, Generic[ParamsT, IntentT]):
     """Base class of every write action. Subclasses set the class attributes and implement the methods."""
 
-    action: ClassVar[str]
+    action: ClassVar[str]  # the IAM action name, e.g. "ec2:PurchaseReservedInstancesOffering"
     family: ClassVar[Family]
-    service: ClassVar[str]
+    service: ClassVar[str]  # the boto3 service name
     params_model: ClassVar[type[BaseModel]]
+    intent_model: ClassVar[type[Intent]]
     idempotency: ClassVar[Idempotency]
-    # AWS error codes that mean "this was already done" (checked by reconciling, never trusted alone).
+    nouns: ClassVar[Nouns]
+    # Every IAM action this action calls, writes and reads (cloud-custodian's `permissions`). A test records the
+    # calls and fails on any not declared here; the session policy is built from these.
+    permissions: ClassVar[frozenset[str]]
+    # Beyond the production role, used only where the customer granted them (AccountConfig.extra_permissions).
+    optional_permissions: ClassVar[frozenset[str]] = frozenset()
+    # AWS error codes that mean "this was already done" (confirmed by reconciling, never trusted alone).
     done_signals: ClassVar[frozenset[str]] = frozenset()
+    # How long AWS remembers a client token; a plan resuming later reconciles before sending again.
+    token_memory: ClassVar[timedelta] = timedelta(hours=8)
 
-    def max_spend_usd(self, params: BaseModel) -> Decimal | None:
-        """The most this plan may spend upfront (its ceiling), for account limits at intake."""
+    def max_commitment_usd(self, params: ParamsT) -> Decimal | None:
+        """The most this plan may commit in total (upfront + recurring over the term), from its params alone:
+        what intake checks against the account's limits before any read. None: the action commits no money."""
         return None
 
     @abstractmethod
-    def prepare(self, ctx: ExecutionContext, params: Any) -> dict[str, Any]:
-        """Reads before the call. Returns the intent (what will be sent; stored before sending)."""
-
-
-    @abstractmethod
-    def submit(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> dict[str, Any]:
-        """The mutating call. Returns the result to record."""
-
+    def prepare(self, aws: PlanHandle, params: ParamsT) -> IntentT:
+        """Reads before the call. Returns the intent (stored before sending) or raises ``PlanFailed``."""
 
     @abstractmethod
-    def reconcile(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> Reconciliation:
+    def submit(self, aws: PlanHandle, params: ParamsT, intent: IntentT) -> Submitted:
+        """The mutating call, made through ``aws.send`` exactly once per invocation."""
+
+    @abstractmethod
+    def reconcile(self, aws: PlanHandle, params: ParamsT, intent: IntentT) -> Reconciled:
         """Reads that find the call's effect. Raise on a failed read: an unknown outcome is never guessed."""
 
+    def look_alikes(self, aws: PlanHandle, params: ParamsT, intent: IntentT, own: tuple[str, ...]) -> list[str]:
+        """After success of a call without a token: resources made since the intent that look like this plan's
+        and that no plan claims (``own`` are the plan's). Any one of them may be a duplicate send."""
+        return []
 
-    def dry_run(self, ctx: ExecutionContext, params: Any, intent: dict[str, Any]) -> dict[str, Any]:
-        """What a dry run reports (EC2's DryRun where the API has it; the prepared intent otherwise)."""
-        return {"dry_run": True, "would_send": intent}
+    def dry_run(self, aws: PlanHandle, params: ParamsT, intent: IntentT) -> dict[str, Any]:
+        """What a dry run reports (the API's DryRun where it has one; the prepared intent otherwise)."""
+        return {"would_send": intent.model_dump(mode="json")}
+
+    def after_success(self, aws: PlanHandle, resource_ids: tuple[str, ...]) -> None:
+        """Follow-up writes that are harmless to repeat (tags); failures here never change the outcome."""
+
+
+# --- the registry ------------------------------------------------------------------------------------------------
+class RegistryError(RuntimeError):
+    pass
+
+
+REGISTRY: dict[str, Action[Any, Any]] = {}
+
+
+def register(cls: type[Action[Any, Any]]) -> type[Action[Any, Any]]:
+    """Class decorator: one instance of the action, under its IAM name (IAM names are case-insensitive)."""
+    name = cls.action
+    if any(existing.lower() == name.lower() for existing in REGISTRY):
+        raise RegistryError(f"action {name} is registered twice")
+    if name.lower() not in {a.lower() for a in cls.family.write_actions}:
+        raise RegistryError(f"action {name} is not a write action of family {cls.family.name}")
+    if name.lower() not in {p.lower() for p in cls.permissions}:
+        raise RegistryError(f"action {name} must declare its own write action in permissions")
+    REGISTRY[name] = cls()
+    return cls
+
+
+def family_permissions(family: Family, granted_extras: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The family's session policy actions: the union of its registered actions' declarations, plus the optional
+    permissions the customer granted that one of them declares."""
+    granted = {a.lower() for a in granted_extras}
+    allowed: set[str] = set()
+    for action in REGISTRY.values():
+        if action.family.name != family.name:
+            continue
+        allowed |= set(action.permissions)
+        allowed |= {p for p in action.optional_permissions if p.lower() in granted}
+    return sorted(allowed)

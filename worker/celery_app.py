@@ -16,14 +16,11 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from config.settings import Settings, get_settings
-from worker.actions import Family
-
-FAMILY_MODULES = ["tasks.ec2_reserved_instances"]
-MAX_REQUEUES = 200
+from worker.family import Family
 
 
 def create_app(settings: Settings) -> Celery:
-    celery = Celery("commitd", include=FAMILY_MODULES)
+    celery = Celery("commitd")
     configure(celery, settings)
     return celery
 
@@ -65,9 +62,12 @@ def _structured_logs(**_: Any) -> None:
 
 
 def family_task(family: Family) -> Task:
-    """The family's Celery task: it takes a plan id, and the executor does the rest."""
+    """The family's Celery task: it takes a plan id, and the executor does the rest. A plan that must wait is
+    given back as a new message with a countdown (not ``self.retry``: waiting is unbounded by max_retries and
+    uses no attempt); the new message goes out before this one is acknowledged, so a crash in between leaves a
+    duplicate message, which the plan's lease makes harmless."""
 
-    @app.task(name=family.task_name, bind=True, max_retries=MAX_REQUEUES, acks_late=True)
+    @app.task(name=family.task_name, bind=True, acks_late=True)
     def run_family_plan(self: Task, plan_id: str) -> str:
         from tasks import ACTIONS
         from worker.execution import RequeueLater, run_plan
@@ -76,7 +76,8 @@ def family_task(family: Family) -> Task:
         try:
             return run_plan(get_runtime(), plan_id, ACTIONS)
         except RequeueLater as later:
-            raise self.retry(countdown=later.delay) from later
+            enqueue(family, plan_id, countdown=later.delay)
+            return f"requeued: {later.reason}"
 
     app.conf.task_routes = {**(app.conf.task_routes or {}), family.task_name: {"queue": family.queue}}
     return run_family_plan
@@ -84,3 +85,13 @@ def family_task(family: Family) -> Task:
 
 def enqueue(family: Family, plan_id: str, countdown: float | None = None) -> Any:
     return app.send_task(family.task_name, args=[plan_id], queue=family.queue, countdown=countdown)
+
+
+def _build_family_tasks() -> dict[str, Task]:
+    """One task per family of the production role, built from the families table."""
+    from tasks.families import FAMILIES
+
+    return {family.name: family_task(family) for family in FAMILIES}
+
+
+FAMILY_TASKS = _build_family_tasks()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from config.settings import ConfigurationError
+from config.settings import ConfigurationError, load_settings
 
 
 def _runtime() -> Any:
@@ -174,24 +174,35 @@ def plans_resolve(plan_id: str, outcome: str, note: str, resource_id: str | None
         raise click.ClickException(f"plan {plan_id} is {record.state.value}; only plans needing attention are settled")
     target = {"succeeded": PlanState.SUCCEEDED, "failed": PlanState.FAILED, "retry": PlanState.QUEUED,
               "cancelled": PlanState.CANCELLED}[outcome]
+    from tasks import ACTIONS
+    from worker.claims import Claims
+
+    plan = record.plan or {}
+    action = ACTIONS[plan["action"]]
     changes: dict[str, Any] = {}
     if target == PlanState.SUCCEEDED:
-        changes["result"] = {"resolved_by_operator": True, "resource_id": resource_id}
+        resource_ids = [resource_id] if resource_id else list((record.result or {}).get("resource_ids", []))
+        claims = Claims(runtime.redis, runtime.key("claimed", action.nouns.claim_kind, plan["account_id"],
+                                                   plan["region"]))
+        conflicts = claims.claim(plan_id, resource_ids)
+        if conflicts:
+            raise click.ClickException(f"{', '.join(conflicts)} already belongs to plan(s) "
+                                       f"{', '.join(sorted(set(conflicts.values())))}; nothing changed")
+        changes["result"] = {**(record.result or {}), "resolved_by_operator": True, "resource_ids": resource_ids}
+        changes["verification"] = None
     if target == PlanState.QUEUED:
         # A retry starts over: reads, a new intent, then a send. Only do this once AWS shows nothing was bought.
-        changes.update(intent=None, attempts=0)
+        changes.update(intent=None, book=None, attempts=0)
     runtime.ledger.transition(record, target, f"operator: {note}", **changes)
-    signature = (record.intent or {}).get("signature")
-    if signature:
-        key = runtime.key("inflight", signature)
-        holder = runtime.redis.get(key)
-        if holder is not None and holder.decode() == plan_id:
-            runtime.redis.delete(key)
+    lock_key = (record.book or {}).get("lock_key")
+    if lock_key:
+        from worker.lease import SignatureLock
+
+        SignatureLock(runtime.redis, lock_key, plan_id).release()
     if target == PlanState.QUEUED:
-        from tasks import ACTIONS
         from worker.celery_app import enqueue
 
-        enqueue(ACTIONS[(record.plan or {})["action"]].family, plan_id)
+        enqueue(action.family, plan_id)
     click.echo(f"{plan_id}\t{target.value}")
 
 
@@ -209,7 +220,9 @@ def plans_purge(older_than_days: float, states: tuple[str, ...], yes: bool) -> N
         click.echo(f"{count} plans would be purged; add --yes")
         return
     try:
-        click.echo(f"{runtime.ledger.purge(chosen, cutoff)} plans purged")
+        purged = runtime.ledger.purge(chosen, cutoff, stream=runtime.key("plans"),
+                                      replay_seconds=runtime.settings.visibility_timeout)
+        click.echo(f"{purged} plans purged")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -263,7 +276,8 @@ def audit_export(since: str | None) -> None:
 def schema(action: str | None) -> None:
     """Print the JSON Schema of the plan envelope, or of ACTION's params."""
     try:
-        from tasks import ACTIONS, find_action  # importing the tasks builds the Celery app from the settings
+        load_settings()  # a bad setting stops every command, this one included
+        from tasks import ACTIONS, find_action
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     from worker.plans import PlanEnvelope

@@ -159,14 +159,32 @@ def scoped_environ(values: dict[str, str]) -> Iterator[None]:
 
 
 # --- Redis ---------------------------------------------------------------------------------------------------
+def demo_durability(url: str) -> str:
+    """The demo's own Redis fsyncs every write; a shared one that offers no durable write is used without it
+    (say so: production refuses to send without it, docs/exactly-once.md)."""
+    import redis
+
+    from worker.durability import SendRecordDurability
+
+    client = redis.Redis.from_url(url)
+    try:
+        if SendRecordDurability(client, "auto").method() != "unavailable":
+            return "auto"
+    finally:
+        client.close()
+    say("redis    offers no durable write (no WAITAOF, replica or appendfsync always): the demo runs with "
+        "COMMITD_SEND_RECORD_DURABILITY=none, which production must not")
+    return "none"
+
+
 @contextmanager
 def private_redis(directory: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port, without persistence, stopped on exit."""
+    """A redis-server of our own on a free port, fsyncing every write (send records), stopped on exit."""
     directory.mkdir()
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+         "--appendfsync", "always", "--dir", str(directory)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -506,6 +524,13 @@ def run(stack: ExitStack, workdir: Path, keep: bool) -> bool:
         "COMMITD_AWS_ENDPOINT_URL": sandbox_url,
         "COMMITD_ACCOUNTS_FILE": str(write_accounts(workdir / "accounts.json")),
         "COMMITD_LOG_FORMAT": "json",
+        # The sandbox answers at once and is consistent at once: shorter windows than AWS needs keep it brisk.
+        "COMMITD_LEASE_SECONDS": "15",
+        "COMMITD_WRITE_READ_TIMEOUT": "5",
+        "COMMITD_SEND_MARGIN_SECONDS": "2",
+        "COMMITD_CONSISTENCY_DELAY_SECONDS": "1",
+        "COMMITD_RECONCILE_INTERVAL_SECONDS": "0.5",
+        "COMMITD_SEND_RECORD_DURABILITY": demo_durability(redis_url),
         EXTERNAL_ID_ENV: external_id,
         "NO_PROXY": "127.0.0.1,localhost",
     }

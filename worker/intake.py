@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from config.accounts import AccountLimits
 from worker.actions import Action
 from worker.ledger import IN_FLIGHT_STATES, ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
 from worker.logs import get_logger
@@ -86,7 +87,7 @@ def _json_type(value: Any) -> str:
 
 
 class Intake:
-    def __init__(self, runtime: Runtime, actions: dict[str, Action], enqueue: Any) -> None:
+    def __init__(self, runtime: Runtime, actions: dict[str, Action[Any, Any]], enqueue: Any) -> None:
         self.runtime = runtime
         self.actions = actions
         self.enqueue = enqueue  # (family, plan_id) -> None
@@ -136,16 +137,30 @@ class Intake:
             params = action.params_model.model_validate(envelope.params)
         except ValidationError as exc:
             raise Rejection(describe_validation_error(exc, "params")) from None
-        ceiling = action.max_spend_usd(params)
-        limit = account.limits.max_upfront_usd_per_plan
-        if ceiling is not None and limit is not None and ceiling > limit:
-            raise Rejection(
-                f"params: the plan may spend up to {ceiling} USD upfront; account {envelope.account_id} allows "
-                f"at most {limit} per plan"
-            )
+        self._check_limits(action, params, envelope.account_id, account.limits)
         return self._record(envelope, source)
 
-    def _action(self, name: str) -> Action:
+    @staticmethod
+    def _check_limits(action: Action[Any, Any], params: Any, account_id: str, limits: AccountLimits) -> None:
+        """The most the plan's own ceilings allow it to commit, against the account's limits (the executor checks
+        the real price again right before the call)."""
+        commitment = action.max_commitment_usd(params)
+        if commitment is None:
+            return
+        if limits.max_commitment_usd_per_plan is not None and commitment > limits.max_commitment_usd_per_plan:
+            raise Rejection(
+                f"params: the plan may commit up to {commitment} USD in total (upfront plus recurring over the "
+                f"term); account {account_id} allows at most {limits.max_commitment_usd_per_plan} per plan"
+            )
+        upfront = getattr(params, "max_upfront_usd", None)
+        if upfront is not None and limits.max_upfront_usd_per_plan is not None \
+                and upfront > limits.max_upfront_usd_per_plan:
+            raise Rejection(
+                f"params: the plan may spend up to {upfront} USD upfront; account {account_id} allows at most "
+                f"{limits.max_upfront_usd_per_plan} per plan"
+            )
+
+    def _action(self, name: str) -> Action[Any, Any]:
         from tasks.families import family_of
 
         for key, action in self.actions.items():
@@ -157,6 +172,14 @@ class Intake:
 
     def _record(self, envelope: PlanEnvelope, source: str) -> IntakeResult:
         canonical = envelope.canonical()
+        stone = self.ledger.tombstone(envelope.plan_id)
+        if stone is not None:  # purged: a replayed entry or a resubmission is never carried out again
+            same = stone["canonical_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+            message = (f"plan_id {envelope.plan_id} was {stone['state']} and purged; "
+                       + ("nothing changed" if same else "refused: it already ran with different content"))
+            if not same:
+                self._dead_letter(envelope.plan_id, canonical, message, source)
+            return IntakeResult(envelope.plan_id, stone["state"], "existing" if same else "conflict", message)
         # Create first: the script refuses an existing plan_id atomically, so no read is needed before.
         now = _now()
         record = PlanRecord(
@@ -307,7 +330,7 @@ class Intake:
     # --- the sweeper -----------------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
         """Move due scheduled plans to the queue and re-send plans whose worker vanished."""
-        counts = {"due": 0, "resent": 0, "routed": 0}
+        counts = {"due": 0, "resent": 0, "routed": 0, "checks": self._resend_overdue_checks()}
         now = _now()
         for raw in self.redis.zrangebyscore(self.scheduled, 0, now.timestamp()):
             plan_id = raw.decode() if isinstance(raw, bytes) else raw
@@ -349,6 +372,21 @@ class Intake:
                 pass  # a worker took it meanwhile; the extra message finds it leased or settled
             counts["resent"] += 1
         return counts
+
+    def _resend_overdue_checks(self) -> int:
+        """Look-alike checks whose task message was lost (worker.verify): send them again, one per lease period."""
+        from worker.verify import due_verifications, verify_key
+
+        sent = 0
+        for plan_id in due_verifications(self.runtime, overdue_by=self.runtime.settings.lease_seconds):
+            record = self.ledger.get(plan_id)
+            if record is None or record.verification != "due" or record.plan is None:
+                self.redis.zrem(verify_key(self.runtime), plan_id)
+                continue
+            self.enqueue(self.actions[record.plan["action"]].family, plan_id)
+            self.redis.zadd(verify_key(self.runtime), {plan_id: self.redis.time()[0]})
+            sent += 1
+        return sent
 
     def _finish_intake(self, record: PlanRecord) -> None:
         """A plan recorded as received whose intake stopped before routing it: check and route it now."""

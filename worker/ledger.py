@@ -8,6 +8,7 @@ machine itself (which state may follow which) is checked here, before the script
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -69,7 +70,9 @@ class PlanRecord(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     attempts: int = 0
     idempotency: dict[str, str] | None = Field(None, description="the token or customer id used, and its kind")
-    intent: dict[str, Any] | None = None
+    intent: dict[str, Any] | None = Field(None, description="the action's typed intent, recorded before any send")
+    book: dict[str, Any] | None = Field(None, description="the executor's bookkeeping of sends (worker.settle)")
+    verification: str | None = Field(None, description="look-alike check after success: due, clean or flagged")
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     version: int = 0
@@ -240,19 +243,53 @@ class Ledger:
                 audit[key] = changes[key]
         return self._commit(record, new, audit)
 
-    def purge(self, states: Iterable[PlanState], older_than: datetime) -> int:
-        """Delete terminal plan records last changed before ``older_than``. The audit trail is kept."""
+    @property
+    def _tombstones_key(self) -> str:
+        return f"{self.prefix}tombstones"
+
+    def tombstone(self, plan_id: str) -> dict[str, Any] | None:
+        """What remains of a purged plan: its final state and content digest (intake honours it)."""
+        raw = self.redis.hget(self._tombstones_key, plan_id)
+        return json.loads(raw) if raw is not None else None
+
+    def purge(self, states: Iterable[PlanState], older_than: datetime, stream: str | None = None,
+              replay_seconds: float = 0) -> int:
+        """Delete terminal plan records last changed before ``older_than``. The audit trail is kept, and so is a
+        tombstone per plan (its outcome and content digest), so that a replayed stream entry or a resubmission of
+        a purged plan is never carried out again. Tombstones go once no stream entry and no retry can replay them
+        (``trim_tombstones``)."""
         removed = 0
         for state in states:
             if state not in TERMINAL_STATES:
                 raise ValueError(f"only terminal plans can be purged, not {state.value}")
             for record in self.list(state):
                 if record.updated_at < older_than:
+                    stone = {"state": state.value, "received_at": record.received_at.timestamp(),
+                             "purged_at": _now().timestamp(),
+                             "canonical_sha256": hashlib.sha256((record.canonical or "").encode()).hexdigest()}
                     pipe = self.redis.pipeline(transaction=True)
+                    pipe.hset(self._tombstones_key, record.plan_id, json.dumps(stone))
                     pipe.delete(self._plan_key(record.plan_id))
                     pipe.srem(self._state_key(state), record.plan_id)
                     pipe.zrem(self._index_key, record.plan_id)
                     pipe.execute()
                     self.audit.append({"event": "plan_purged", "plan_id": record.plan_id, "state": state.value})
                     removed += 1
+        if stream is not None:
+            self.trim_tombstones(stream, replay_seconds)
         return removed
+
+    def trim_tombstones(self, stream: str, replay_seconds: float) -> int:
+        """Drop tombstones of plans received before the oldest entry still in the intake stream and purged
+        longer ago than a task message can be redelivered (``replay_seconds``)."""
+        oldest = self.redis.xrange(stream, count=1)
+        oldest_ms = int(_text(oldest[0][0]).split("-")[0]) if oldest else None
+        now = _now().timestamp()
+        dropped = 0
+        for plan_id, raw in self.redis.hgetall(self._tombstones_key).items():
+            stone = json.loads(raw)
+            replayable = oldest_ms is not None and stone["received_at"] * 1000 >= oldest_ms - 1000
+            if not replayable and stone["purged_at"] < now - replay_seconds:
+                self.redis.hdel(self._tombstones_key, plan_id)
+                dropped += 1
+        return dropped

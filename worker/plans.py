@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import botocore.session
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -19,6 +23,40 @@ from pydantic import (
 )
 
 PLAN_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+DECIMAL = re.compile(r"^\d{1,14}(\.\d{1,4})?$")
+
+
+def _rfc3339_string(value: Any) -> Any:
+    """Times are RFC 3339 strings with a zone; nothing else is parsed into a time (no epoch numbers)."""
+    if isinstance(value, datetime):  # a value this process built, not input
+        return value
+    if not isinstance(value, str) or not RFC3339.match(value):
+        raise ValueError('must be an RFC 3339 time with a timezone, e.g. "2026-12-01T00:00:00Z"')
+    return value
+
+
+def _decimal_string(value: Any) -> Any:
+    """Money is a decimal string ("1200.00"): never a JSON number (binary floating point), never an exponent."""
+    if isinstance(value, Decimal):  # a value this process built, not input
+        return value
+    if not isinstance(value, str) or not DECIMAL.match(value):
+        raise ValueError('must be a decimal string of US dollars, e.g. "1200.00" (at most 4 decimals)')
+    return value
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """JSON's true/false are not the numbers 1/0 (Python's bool is an int, so a Literal[1, 3] would take True)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+NotBoolean = BeforeValidator(_not_a_boolean)
+# The only strings parsed into other types anywhere in a plan (models are strict otherwise).
+Rfc3339Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339_string), Field(strict=False)]
+UsdAmount = Annotated[Decimal, BeforeValidator(_decimal_string), Field(strict=False, ge=0)]
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PlanState(StrEnum):
@@ -62,7 +100,8 @@ TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
         {PlanState.SUCCEEDED, PlanState.FAILED, PlanState.CANCELLED, PlanState.QUEUED}
     ),
     PlanState.REJECTED: frozenset(),
-    PlanState.SUCCEEDED: frozenset(),
+    # succeeded -> needs_attention: a duplicate send detected after success (worker.verify, worker.settle).
+    PlanState.SUCCEEDED: frozenset({PlanState.NEEDS_ATTENTION}),
     PlanState.FAILED: frozenset(),
     PlanState.CANCELLED: frozenset(),
     PlanState.EXPIRED: frozenset(),
@@ -86,7 +125,7 @@ def regions_for(service: str) -> frozenset[str]:
 class PlanEnvelope(BaseModel):
     """Version 1 of a plan. ``params`` is checked separately by the action's own model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     plan_id: str = Field(pattern=PLAN_ID_PATTERN, description="unique id; the idempotency key of the plan")
     action: str = Field(description="IAM action name, e.g. ec2:PurchaseReservedInstancesOffering")
@@ -95,8 +134,8 @@ class PlanEnvelope(BaseModel):
     params: dict[str, Any] = Field(description="the action's parameters")
     requested_by: str = Field(min_length=1, max_length=256)
     trigger: Trigger
-    not_before: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
+    not_before: Rfc3339Time | None = None
+    expires_at: Rfc3339Time | None = None
     dry_run: bool = False
     notes: str | None = Field(None, max_length=4096)
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from redis import Redis
 
-from config.accounts import AccountRegistry
+from config.accounts import AccountRegistry, ReloadingRegistry
 from config.settings import Settings, get_settings
 from worker.audit import AuditLog
 from worker.aws import AwsSessions
 from worker.ledger import Ledger
+from worker.metrics import Metrics
 
 
 @dataclass
@@ -37,10 +39,23 @@ class Runtime:
         return self.ledger.audit
 
     @cached_property
+    def _accounts(self) -> ReloadingRegistry:
+        return ReloadingRegistry(self.settings.accounts_file)
+
+    @property
     def accounts(self) -> AccountRegistry:
-        registry = AccountRegistry.load(self.settings.accounts_file)
-        registry.check_secrets()
-        return registry
+        """The account registry as its file is now: reloaded when the file changes (checked on every use, so a
+        running worker sees a limit lowered or an action withdrawn before its next send)."""
+        return self._accounts.current()
+
+    @cached_property
+    def send_record_redis(self) -> Redis:
+        """One connection for a send record and the wait for its durability (WAIT counts this connection's writes)."""
+        return redis.Redis.from_url(self.settings.redis_url, single_connection_client=True)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.redis, self.key("metrics"))
 
     @cached_property
     def sessions(self) -> AwsSessions:

@@ -1,9 +1,10 @@
 """Tour section: EC2 Scheduled Instances (no longer sold) and Spot requests and fleets.
 
 Scheduled Instances: AWS stopped selling them, so DescribeScheduledInstanceAvailability finds nothing and
-PurchaseScheduledInstances is refused; the tour shows that refusal. RunScheduledInstances only works for a
-schedule bought in the past. The tour has none (it may only reset the sandbox and move its clock), so it asks
-to run a schedule id it does not own and shows AWS's refusal, InvalidScheduledInstance.
+PurchaseScheduledInstances is refused. The tour tries the purchase and shows that refusal
+(``UnsupportedOperation``): it is counted as a refusal, not as performing the action. RunScheduledInstances
+works for a schedule bought in the past: the tour seeds one into the sandbox (``POST /_sandbox/seed``), lets
+the sandbox's clock reach its next slot, and launches it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from examples.sandbox_tour.tour import Tour
 ACCOUNT = "230000000001"
 REGION = "us-east-1"
 IMAGE_ID = "ami-0abcdef1234567890"
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response["Error"]["Code"])
+ZONE = "us-east-1a"
 
 
 def tour(t: Tour) -> None:
@@ -43,20 +41,36 @@ def _scheduled_instances(t: Tour, client: Any) -> None:
     # There is nothing on sale; a purchase token from the days when there was is refused all the same.
     token = available[0]["PurchaseToken"] if available else base64.b64encode(b'{"schedule":"weekly"}').decode()
     try:
-        client.purchase_scheduled_instances(PurchaseRequests=[{"InstanceCount": 1, "PurchaseToken": token}])
-        t.record("ec2:PurchaseScheduledInstances", "purchased (unexpected)")
+        purchased = client.purchase_scheduled_instances(
+            PurchaseRequests=[{"InstanceCount": 1, "PurchaseToken": token}]
+        )["ScheduledInstanceSet"]
+        t.record("ec2:PurchaseScheduledInstances", ", ".join(s["ScheduledInstanceId"] for s in purchased))
     except ClientError as exc:
-        t.record("ec2:PurchaseScheduledInstances", f"refused: {_error_code(exc)}")
+        t.refused("ec2:PurchaseScheduledInstances", exc, "AWS no longer sells Scheduled Instances")
 
-    owned = client.describe_scheduled_instances()["ScheduledInstanceSet"]
-    schedule_id = owned[0]["ScheduledInstanceId"] if owned else "sci-1234-1234-1234-1234-123456789012"
-    try:
-        launched = client.run_scheduled_instances(
-            ScheduledInstanceId=schedule_id, InstanceCount=1, LaunchSpecification={"ImageId": IMAGE_ID}
-        )["InstanceIdSet"]
-        t.record("ec2:RunScheduledInstances", f"launched {', '.join(launched)}")
-    except ClientError as exc:
-        t.record("ec2:RunScheduledInstances", f"refused: {_error_code(exc)}")
+    # A schedule bought in the past: every day from 06:00 UTC for 8 hours, two m5.large in us-east-1a.
+    t.seed([{
+        "kind": "ec2:scheduled-instance", "account_id": ACCOUNT, "region": REGION, "instance_type": "m5.large",
+        "availability_zone": ZONE, "platform": "Linux/UNIX", "recurrence": {"Frequency": "Daily", "Interval": 1},
+        "slot_start_utc": "06:00", "slot_duration_hours": 8, "term_days_left": 200, "instance_count": 2,
+    }])
+    [schedule] = client.describe_scheduled_instances(
+        Filters=[{"Name": "availability-zone", "Values": [ZONE]}]
+    )["ScheduledInstanceSet"]
+    now = t.let_time_pass(0)
+    t.let_time_pass((schedule["NextSlotStartTime"] - now).total_seconds() + 60)  # a minute into the next slot
+    launched = client.run_scheduled_instances(
+        ScheduledInstanceId=schedule["ScheduledInstanceId"],
+        InstanceCount=1,
+        ClientToken=f"tour-run-{uuid.uuid4()}",
+        LaunchSpecification={"ImageId": IMAGE_ID, "InstanceType": "m5.large"},
+    )["InstanceIdSet"]
+    states = [
+        i["State"]["Name"]
+        for r in client.describe_instances(InstanceIds=launched)["Reservations"]
+        for i in r["Instances"]
+    ]
+    t.record("ec2:RunScheduledInstances", f"{schedule['ScheduledInstanceId']} launched {', '.join(launched)} {states}")
 
 
 def _spot_instances(t: Tour, client: Any) -> None:

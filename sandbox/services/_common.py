@@ -6,6 +6,7 @@ import fnmatch
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sandbox.errors import AwsError
@@ -17,6 +18,25 @@ def dry_run(params: dict[str, Any]) -> None:
     """EC2's DryRun contract: a permitted call with DryRun=true answers DryRunOperation (HTTP 412)."""
     if params.get("DryRun"):
         raise AwsError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+
+
+def price(value: Any, name: str) -> Decimal:
+    """A price as an exact decimal. AWS reckons prices in decimal; binary floats do not add up
+    (234.61 * 5 == 1173.0500000000002), which would refuse a LimitPrice equal to the total."""
+    try:
+        # Through str: a float parsed from the wire ("1173.05") prints back as the shortest decimal it came from.
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        raise AwsError("InvalidParameterValue", f"{name} '{value}' is not a number.")
+    return amount
+
+
+def refuse_over_limit(total: Decimal, limit: Decimal, what: str) -> None:
+    """``LimitPriceExceeded`` when ``total`` is above the caller's limit; a limit equal to the total is enough."""
+    if total > limit:
+        raise AwsError("LimitPriceExceeded", f"The {what} {total} USD exceeds the limit price {limit} USD.")
 
 
 def public(data: dict[str, Any]) -> dict[str, Any]:

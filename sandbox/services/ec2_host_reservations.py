@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sandbox.catalogue import stable_uuid
 from sandbox.errors import AwsError
 from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup
-from sandbox.services._common import YEAR_SECONDS, apply_ec2_filters, ec2_filters, ec2_id, paginate, public
+from sandbox.services._common import (
+    YEAR_SECONDS,
+    apply_ec2_filters,
+    ec2_filters,
+    ec2_id,
+    paginate,
+    price,
+    public,
+    refuse_over_limit,
+)
 from sandbox.services.ec2_capacity_reservations import check_tag_specifications, moto_backend
 from sandbox.state import CreatedBy, Resource, SandboxState
 
@@ -33,7 +43,7 @@ _HOST_ID = re.compile(r"^h-([0-9a-f]{8}|[0-9a-f]{17})$")
 _OFFERING_ID = re.compile(r"^hro-[0-9a-f]{17}$")
 
 
-def _money(value: float) -> str:
+def _money(value: float | Decimal) -> str:
     return f"{value:.3f}"
 
 
@@ -158,10 +168,10 @@ def purchase_entry(offering: dict[str, Any], host_ids: list[str]) -> dict[str, A
         "CurrencyCode": "USD",
         "Duration": offering["Duration"],
         "HostIdSet": host_ids,
-        "HourlyPrice": _money(float(offering["HourlyPrice"]) * count),
+        "HourlyPrice": _money(price(offering["HourlyPrice"], "HourlyPrice") * count),
         "InstanceFamily": offering["InstanceFamily"],
         "PaymentOption": offering["PaymentOption"],
-        "UpfrontPrice": _money(float(offering["UpfrontPrice"]) * count),
+        "UpfrontPrice": _money(price(offering["UpfrontPrice"], "UpfrontPrice") * count),
     }
 
 
@@ -216,15 +226,8 @@ def purchase_host_reservation(ctx: CallContext, params: dict[str, Any]) -> dict[
         entry = purchase_entry(offering, host_ids)
         limit = params.get("LimitPrice")
         if limit is not None:
-            try:
-                limit_amount = float(limit)
-            except ValueError as exc:
-                raise AwsError("InvalidParameterValue", f"LimitPrice '{limit}' is not a number.") from exc
-            if float(entry["UpfrontPrice"]) > limit_amount:
-                raise AwsError(
-                    "LimitPriceExceeded",
-                    f"The total upfront price {entry['UpfrontPrice']} USD exceeds the limit price {limit} USD.",
-                )
+            total = price(entry["UpfrontPrice"], "UpfrontPrice")
+            refuse_over_limit(total, price(limit, "LimitPrice"), "total upfront price")
         tags = check_tag_specifications(params, HR_TYPE)
         now = ctx.now()
         reservation_id = ec2_id("hr")

@@ -7,6 +7,7 @@ ignores OfferingClass and scope filters, and has no prices the purchase side cou
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sandbox.catalogue import Catalogue, stable_uuid
@@ -19,7 +20,9 @@ from sandbox.services._common import (
     ec2_filters,
     new_uuid,
     paginate,
+    price,
     public,
+    refuse_over_limit,
 )
 from sandbox.state import CreatedBy, Resource, SandboxState
 
@@ -222,6 +225,16 @@ def _setup(state: SandboxState) -> None:
     state.register_advancer(SERVICE, RI_TYPE, advance_ri)
 
 
+def check_limit_price(limit: dict[str, Any], total: Decimal) -> None:
+    """The purchase's ``LimitPrice`` against the total upfront price (``FixedPrice`` × count), in decimal."""
+    currency = limit.get("CurrencyCode", "USD")
+    if currency != "USD":
+        # The model's enum has USD only, and botocore does not check enums: AWS refuses anything else.
+        raise AwsError("InvalidParameterValue", f"Invalid value '{currency}' for LimitPrice.CurrencyCode: only USD.")
+    if limit.get("Amount") is not None:  # the model makes Amount optional; without it there is no limit
+        refuse_over_limit(total, price(limit["Amount"], "LimitPrice.Amount"), "total price")
+
+
 @handles(SERVICE, "PurchaseReservedInstancesOffering")
 def purchase(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run(params)
@@ -236,16 +249,9 @@ def purchase(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         available = sum(d["Count"] for d in offering.get("PricingDetails", []))
         if count > available:
             raise AwsError("ReservedInstancesUnavailable", f"Only {available} instances are available.")
-    total = offering["FixedPrice"] * count
     limit = params.get("LimitPrice")
     if limit is not None:
-        if limit.get("CurrencyCode", "USD") != "USD":
-            raise AwsError("InvalidParameterValue", "LimitPrice.CurrencyCode must be USD.")
-        if float(limit["Amount"]) < total:
-            raise AwsError(
-                "LimitPriceExceeded",
-                f"The total price {total:.2f} USD exceeds the limit price {float(limit['Amount']):.2f} USD.",
-            )
+        check_limit_price(limit, price(offering["FixedPrice"], "FixedPrice") * count)
     now = ctx.now()
     start, state = now, "payment-pending"
     purchase_time = params.get("PurchaseTime")

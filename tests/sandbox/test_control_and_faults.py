@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from sandbox.control import SandboxControl, SandboxControlError
+from tests.sandbox.clients import client
 
 ACCOUNT = "111122223333"
 
@@ -91,6 +94,34 @@ def test_latency_fault_delays_the_answer(sandbox: SandboxControl, aws) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+def test_latency_fault_applies_the_call_after_the_delay_while_other_calls_are_served(
+    sandbox: SandboxControl, aws
+) -> None:
+    """A purchase delayed past the client's read timeout still happens once the delay is over, and the server
+    answers other calls meanwhile (the delay holds no lock)."""
+    ec2 = aws("ec2")
+    impatient = client(sandbox.url, "ec2", Config(read_timeout=1, retries={"total_max_attempts": 1}))
+    offering = _offering_id(ec2)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "latency", count=1, latency_ms=2500)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.monotonic()
+        purchase = pool.submit(
+            impatient.purchase_reserved_instances_offering, ReservedInstancesOfferingId=offering, InstanceCount=1
+        )
+        time.sleep(0.5)
+        asked = time.monotonic()
+        assert ec2.describe_reserved_instances()["ReservedInstances"] == []
+        assert time.monotonic() - asked < 0.5
+        with pytest.raises(ReadTimeoutError):
+            purchase.result()
+    assert ec2.describe_reserved_instances()["ReservedInstances"] == []  # the client gave up; the call waits on
+    while not ec2.describe_reserved_instances()["ReservedInstances"]:
+        assert time.monotonic() - started < 4, "the delayed purchase never took effect"
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 2.5
+    assert len(sandbox.resources()) == 1
+
+
 def test_reset_fault_drops_before_anything_happens(sandbox: SandboxControl, aws) -> None:
     ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
     offering = _offering_id(ec2)
@@ -108,6 +139,29 @@ def test_commit_then_drop_applies_the_effect_without_an_answer(sandbox: SandboxC
         ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=offering, InstanceCount=1)
     assert len(sandbox.resources(account_id=ACCOUNT)) == 1
     assert sandbox.faults()["fired"]["commit_then_drop"] >= 1
+
+
+def test_commit_then_error_applies_the_effect_then_answers_a_5xx(sandbox: SandboxControl, aws) -> None:
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=1)
+    offering = _offering_id(ec2)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_error", count=1)
+    with pytest.raises(ClientError) as caught:
+        ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=offering, InstanceCount=1)
+    assert caught.value.response["Error"]["Code"] == "InternalError"  # the body of the `error` fault
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert [r["type"] for r in sandbox.resources(account_id=ACCOUNT)] == ["reserved-instances"]
+    assert sandbox.faults()["fired"]["commit_then_error"] == 1
+
+
+def test_commit_then_error_makes_a_blind_retry_buy_twice(sandbox: SandboxControl, aws) -> None:
+    """botocore re-sends a 500 on its own: the purchase without a client token happens twice."""
+    ec2 = aws("ec2", account_id=ACCOUNT, retries=2)
+    offering = _offering_id(ec2)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_error", count=1)
+    answered = ec2.purchase_reserved_instances_offering(ReservedInstancesOfferingId=offering, InstanceCount=1)
+    assert answered["ResponseMetadata"]["RetryAttempts"] == 1
+    assert len(ec2.describe_reserved_instances()["ReservedInstances"]) == 2
+    assert len(sandbox.resources(account_id=ACCOUNT)) == 2
 
 
 def test_faults_are_repeatable_with_a_seed() -> None:

@@ -26,6 +26,7 @@ from worker.runtime import Runtime, set_runtime
 
 ACCOUNT = "111122223333"
 TAGGING_ACCOUNT = "555566667777"  # granted the extra permission ec2:CreateTags
+RESTRICTED_ACCOUNT = "777788889999"  # allowed_actions excludes the RI purchase
 EXTERNAL_ID = "ext-id-for-tests-7f3a"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ class RedisServer:
 
     def __init__(self) -> None:
         if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+            pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="commitd-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,7 +54,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always",
              "--dir", self.dir, "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -97,7 +99,8 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "name": "acme-prod",
                         "role_arn": f"arn:aws:iam::{ACCOUNT}:role/commitd",
                         "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
-                        "limits": {"max_upfront_usd_per_plan": "250000"},
+                        "limits": {"max_upfront_usd_per_plan": "250000",
+                                   "max_commitment_usd_per_plan": "5000000"},
                     },
                     {
                         "account_id": TAGGING_ACCOUNT,
@@ -105,6 +108,13 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "role_arn": f"arn:aws:iam::{TAGGING_ACCOUNT}:role/commitd",
                         "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
                         "extra_permissions": ["ec2:CreateTags"],
+                    },
+                    {
+                        "account_id": RESTRICTED_ACCOUNT,
+                        "name": "modify-only",
+                        "role_arn": f"arn:aws:iam::{RESTRICTED_ACCOUNT}:role/commitd",
+                        "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
+                        "allowed_actions": ["ec2:ModifyReservedInstances"],
                     },
                     {
                         "account_id": "444455556666",
@@ -127,10 +137,14 @@ def env(redis_server: RedisServer, sandbox_server: SandboxServer, accounts_file:
         "COMMITD_REDIS_URL": redis_server.url,
         "COMMITD_AWS_ENDPOINT_URL": sandbox_server.url,
         "COMMITD_ACCOUNTS_FILE": str(accounts_file),
-        "COMMITD_LEASE_SECONDS": "2",
+        "COMMITD_LEASE_SECONDS": "4",
+        "COMMITD_WRITE_CONNECT_TIMEOUT": "0.5",
+        "COMMITD_WRITE_READ_TIMEOUT": "1",
+        "COMMITD_SEND_MARGIN_SECONDS": "2",
+        "COMMITD_CONSISTENCY_DELAY_SECONDS": "0.5",
+        "COMMITD_RECONCILE_INTERVAL_SECONDS": "0.3",
         "COMMITD_RETRY_BASE_SECONDS": "0.05",
         "COMMITD_RETRY_MAX_SECONDS": "0.2",
-        "COMMITD_RECONCILE_DELAY_SECONDS": "0.2",
         "COMMITD_STALLED_AFTER": "3",
         "COMMITD_SWEEP_INTERVAL": "0.5",
         "COMMITD_VISIBILITY_TIMEOUT": "30",
@@ -165,7 +179,8 @@ def runtime(env: dict[str, str], redis_server: RedisServer, sandbox: SandboxCont
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], name: str, concurrency: int = 1) -> None:
+    def __init__(self, env: dict[str, str], name: str, concurrency: int = 1,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.log = Path(tempfile.mkstemp(prefix=f"commitd-worker-{name}-", suffix=".log")[1])
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
@@ -173,7 +188,7 @@ class WorkerProcess:
              "-c", str(concurrency), "-P", "prefork", "-Q", "commitd.ec2_reserved_instances",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **env, **(extra_env or {})},
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,8 +222,8 @@ class WorkerProcess:
 def start_worker(env: dict[str, str], runtime: Runtime) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1", concurrency: int = 1) -> WorkerProcess:
-        worker = WorkerProcess(env, name, concurrency)
+    def start(name: str = "w1", concurrency: int = 1, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(env, name, concurrency, extra_env)
         started.append(worker)
         return worker
 

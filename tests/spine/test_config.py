@@ -31,7 +31,7 @@ def test_config_show_prints_the_effective_configuration(env: dict[str, str]) -> 
     data = json.loads(result.stdout)
     settings = data["settings"]
     assert settings["redis_url"] == env["COMMITD_REDIS_URL"]
-    assert settings["lease_seconds"] == 2.0 and settings["key_prefix"] == "commitd:"
+    assert settings["lease_seconds"] == 4.0 and settings["key_prefix"] == "commitd:"
     assert settings["max_plan_bytes"] == 64 * 1024 and settings["visibility_timeout"] == 30
     assert settings["accounts_file"] == env["COMMITD_ACCOUNTS_FILE"]
     accounts = {a["account_id"]: a for a in data["accounts"]}
@@ -84,7 +84,7 @@ def test_settings_from_a_toml_file_and_env_overrides(env: dict[str, str], tmp_pa
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)["settings"]
     assert settings["max_attempts"] == 9 and settings["key_prefix"] == "acme:"
-    assert settings["lease_seconds"] == 2.0, "the environment (COMMITD_LEASE_SECONDS) wins over the file"
+    assert settings["lease_seconds"] == 4.0, "the environment (COMMITD_LEASE_SECONDS) wins over the file"
 
 
 # --- configuration errors ------------------------------------------------------------------------------------
@@ -191,7 +191,8 @@ def test_assume_role_is_an_audited_aws_call(runtime: Runtime, sandbox: SandboxCo
     from tasks.families import EC2_RESERVED_INSTANCES
 
     account = runtime.accounts.get(ACCOUNT)
-    runtime.sessions.client(account, "us-east-1", "ec2", EC2_RESERVED_INSTANCES, "read", "assume-1")
+    runtime.sessions.client(account, "us-east-1", "ec2", EC2_RESERVED_INSTANCES, "read", "assume-1",
+                            ["ec2:DescribeReservedInstances"])
     calls = [r for r in runtime.audit.records() if r.get("event") == "aws_call"]
     assert [c["operation"] for c in calls] == ["assume_role"]
     assert calls[0]["params"]["ExternalId"] == "[redacted]"

@@ -50,15 +50,14 @@ def test_purchase_under_the_production_role_and_the_family_session_policy(
     assert run_plan(runtime, "least-privilege", ACTIONS) == "succeeded"
     assert len(ris(sandbox)) == 1
     # The family's session cannot use anything outside the family, though the role grants it.
-    from worker.execution import ExecutionContext
-    from worker.plans import PlanEnvelope
+    from worker.actions import family_permissions
+    from worker.handle import PlanHandle
 
-    ctx = ExecutionContext(
-        runtime, ACTIONS["ec2:PurchaseReservedInstancesOffering"],
-        PlanEnvelope.model_validate(ri_plan("probe")), runtime.accounts.get(ACCOUNT),
-    )
+    action = ACTIONS["ec2:PurchaseReservedInstancesOffering"]
+    handle = PlanHandle(runtime.sessions, action, runtime.accounts.get(ACCOUNT), "us-east-1", "probe",
+                        family_permissions(action.family))
     with pytest.raises(ClientError) as denied:
-        ctx.call("read", "describe_reserved_db_instances", service="rds")
+        handle.read("describe_reserved_db_instances", service="rds")
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
 
 
@@ -130,12 +129,23 @@ def test_poison_plan_stops_after_max_attempts(runtime: Runtime, sandbox: Sandbox
     assert ris(sandbox) == []
 
 
-def test_sessions_are_cached_per_account_and_family(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
+def test_reads_share_a_session_per_account_and_family_and_each_plan_writes_in_its_own(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    from tests.spine.conftest import TAGGING_ACCOUNT
+    from worker.actions import family_permissions
+
     for n in range(3):
         record_plan(intake, ri_plan(f"cached-{n}", instance_type="c5.large", max_hourly_usd="0.10"))
         assert run_plan(runtime, f"cached-{n}", ACTIONS) == "succeeded"
-    assert runtime.sessions.assume_role_calls == 1
-    allowed = EC2_RESERVED_INSTANCES.session_policy()["Statement"][0]["Action"]
+    assert runtime.sessions.assume_role_calls == 1 + 3  # one read session, one write session per plan
+    record_plan(intake, {**ri_plan("other-account", instance_type="c5.large"), "account_id": TAGGING_ACCOUNT})
+    assert run_plan(runtime, "other-account", ACTIONS) == "succeeded"
+    assert runtime.sessions.assume_role_calls == 1 + 3 + 2  # another account: its own read session
+    sessions = [e["params"]["RoleSessionName"] for e in runtime.audit.records() if e.get("operation") == "assume_role"]
+    assert sessions == ["commitd-reads", "commitd-cached-0", "commitd-cached-1", "commitd-cached-2",
+                        "commitd-reads", "commitd-other-account"]
+    allowed = family_permissions(EC2_RESERVED_INSTANCES)
     assert "ec2:PurchaseReservedInstancesOffering" in allowed
     assert "rds:PurchaseReservedDbInstancesOffering" not in allowed
 
@@ -170,14 +180,25 @@ def test_waiting_for_the_same_purchase_does_not_use_up_attempts(
 def test_never_sent_after_expires_at(runtime: Runtime, sandbox: SandboxControl, intake: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
-    # Every purchase answer takes 2 s and is a throttle; the plan expires 1 s after the first send goes out.
-    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "latency", probability=1.0, latency_ms=2000)
+    # Every purchase is throttled; the plan's clock passes expires_at once the first send was answered (an event,
+    # not a wall-clock budget: the worker's clock jumps an hour after the sandbox has seen one purchase).
+    import worker.handle
+
     sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "throttle", probability=1.0)
-    expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    expires = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
     record_plan(intake, {**ri_plan("expiring"), "expires_at": expires})
-    assert run_plan(runtime, "expiring", ACTIONS) == "expired"
+
+    def offset() -> float:
+        return 3600.0 if sandbox.faults()["fired"].get("throttle", 0) >= 1 else 0.0
+
+    original = worker.handle.clock_offset_seconds
+    worker.handle.clock_offset_seconds = offset
+    try:
+        assert run_plan(runtime, "expiring", ACTIONS) == "expired"
+    finally:
+        worker.handle.clock_offset_seconds = original
     record = runtime.ledger.get("expiring")
-    assert record.intent["sends"] == 1
+    assert record.book["sends"] == 1
     assert record.history[-1].note == "expired before it was sent"
     assert ris(sandbox) == []
 

@@ -64,8 +64,10 @@ def test_invalid_transitions_are_refused(runtime: Runtime, intake: Any) -> None:
     for target in PlanState:
         with pytest.raises(InvalidTransition):
             runtime.ledger.transition(cancelled, target, "no")
-    assert all(not TRANSITIONS[s] for s in (PlanState.SUCCEEDED, PlanState.FAILED, PlanState.REJECTED,
-                                            PlanState.CANCELLED, PlanState.EXPIRED))
+    assert all(not TRANSITIONS[s] for s in (PlanState.FAILED, PlanState.REJECTED, PlanState.CANCELLED,
+                                            PlanState.EXPIRED))
+    # Succeeded has one way out: a duplicate detected after success needs a person.
+    assert TRANSITIONS[PlanState.SUCCEEDED] == {PlanState.NEEDS_ATTENTION}
 
 
 def test_a_stale_record_is_refused(runtime: Runtime, intake: Any) -> None:

@@ -84,7 +84,7 @@ def test_throttling_is_retried_and_bought_once(
     submit(intake, ri_plan("throttled"))
     record = wait_for_state(runtime, "throttled", {"succeeded", "failed", "needs_attention"})
     assert record.state.value == "succeeded", record.error
-    assert record.intent["sends"] == 3
+    assert record.book["sends"] == 3
     assert len(bought(sandbox)) == 1
     assert sandbox.faults()["fired"]["throttle"] == 2
 
@@ -100,7 +100,7 @@ def test_commit_then_drop_is_reconciled_and_bought_once(
     assert record.result["reconciled"] is True
     [ri] = bought(sandbox)
     assert record.result["reserved_instances_id"] == ri["id"]
-    assert record.intent["sends"] == 1  # never sent again
+    assert record.book["sends"] == 1  # never sent again
 
 
 def test_outcome_unknown_goes_to_needs_attention_and_is_never_bought_again(
@@ -114,7 +114,7 @@ def test_outcome_unknown_goes_to_needs_attention_and_is_never_bought_again(
     record = wait_for_state(runtime, "unknowable", {"succeeded", "failed", "needs_attention"}, timeout=60)
     assert record.state.value == "needs_attention"
     assert record.error["code"] == "OutcomeUnknown"
-    assert record.intent["sends"] == 1
+    assert record.book["sends"] == 1
     assert bought(sandbox) == []
 
 
@@ -127,7 +127,7 @@ def test_worker_killed_mid_plan_completes_after_redelivery_bought_once(
     submit(intake_loop, ri_plan("killed"))
     wait_for_state(runtime, "killed", {"submitted"})
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and runtime.ledger.get("killed").intent.get("sends", 0) == 0:
+    while time.monotonic() < deadline and (runtime.ledger.get("killed").book or {}).get("sends", 0) == 0:
         time.sleep(0.05)
     time.sleep(0.3)
     first.kill()
@@ -154,7 +154,7 @@ def test_two_workers_racing_on_one_plan_buy_once(
     time.sleep(2)  # let the duplicates run out
     record = runtime.ledger.get("raced")
     assert record.state.value == "succeeded", record.error
-    assert record.intent["sends"] == 1
+    assert record.book["sends"] == 1
     assert len(bought(sandbox)) == 1
 
 

@@ -50,6 +50,6 @@ def test_succeeded_with_the_resource_a_person_found(
     assert result.returncode == 0, result.stderr
     record = runtime.ledger.get("found-by-hand")
     assert record.state.value == "succeeded"
-    assert record.result == {"resolved_by_operator": True, "resource_id": "ri-123"}
+    assert record.result == {"resolved_by_operator": True, "resource_ids": ["ri-123"]}
     again = commitd(env, "plans", "resolve", "found-by-hand", "--as", "failed", "--note", "oops")
     assert again.returncode != 0 and "only plans needing attention" in again.stderr

@@ -1,0 +1,34 @@
+"""Points where a test can hold or kill a real worker process, and shift its clock. Off in production.
+
+A test sets ``COMMITD_TEST_HOOK_REDIS`` (a Redis URL) and ``COMMITD_TEST_HOOK_<POINT>=stop|kill`` in a worker's
+environment. The first process to reach the point (once per point, across processes) pushes its pid to the Redis
+list ``testhook:<point>`` and then stops itself with SIGSTOP (the test resumes it with SIGCONT) or dies with
+SIGKILL. ``COMMITD_TEST_CLOCK_OFFSET_SECONDS`` makes the worker's clock run fast or slow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import redis
+
+POINTS = ("BEFORE_SEND", "AFTER_SEND")
+
+
+def checkpoint(point: str) -> None:
+    what = os.environ.get(f"COMMITD_TEST_HOOK_{point}")
+    url = os.environ.get("COMMITD_TEST_HOOK_REDIS")
+    if not what or not url:
+        return
+    client = redis.Redis.from_url(url)
+    if not client.set(f"testhook:fired:{point}", os.getpid(), nx=True):
+        return
+    client.rpush(f"testhook:{point}", f"{os.getpid()} {time.time()}")
+    client.close()
+    os.kill(os.getpid(), signal.SIGSTOP if what == "stop" else signal.SIGKILL)
+
+
+def clock_offset_seconds() -> float:
+    return float(os.environ.get("COMMITD_TEST_CLOCK_OFFSET_SECONDS", "0") or 0)

@@ -1,0 +1,77 @@
+"""After success of a call without a token: look again later for look-alikes that betray a duplicate send.
+
+A worker paused for longer than the send margin (docs/exactly-once.md, residual risks) could send after another
+worker already settled the plan. Nothing in AWS can refuse that second call, so it is *detected*: once AWS's
+consistency delay has passed after success, the action's ``look_alikes`` read lists resources made since the
+intent that look like this plan's; any that are not the plan's own result and that no other plan claims move the
+plan to ``needs_attention`` (audited, counted in the ``duplicates_suspected`` metric). The check is due in a sorted
+set the sweeper also reads, so a lost task message does not lose it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.actions import Action
+from worker.logs import get_logger
+from worker.runtime import Runtime
+
+log = get_logger("commitd.verify")
+
+
+def verify_key(runtime: Runtime) -> str:
+    return runtime.key("verify-due")
+
+
+def schedule_verification(runtime: Runtime, action: Action[Any, Any], plan_id: str) -> None:
+    settings = runtime.settings
+    delay = settings.consistency_delay_seconds + settings.send_margin_seconds
+    due = runtime.redis.time()[0] + delay
+    runtime.redis.zadd(verify_key(runtime), {plan_id: due})
+    from worker.celery_app import enqueue
+
+    enqueue(action.family, plan_id, countdown=delay)
+
+
+def due_verifications(runtime: Runtime, overdue_by: float) -> list[str]:
+    """Plans whose check is overdue (its message was lost): the sweeper re-sends them."""
+    now = runtime.redis.time()[0]
+    return [i.decode() if isinstance(i, bytes) else i
+            for i in runtime.redis.zrangebyscore(verify_key(runtime), 0, now - overdue_by)]
+
+
+def done(runtime: Runtime, plan_id: str) -> None:
+    runtime.redis.zrem(verify_key(runtime), plan_id)
+
+
+def check_look_alikes(run: Any) -> Any:
+    """Run the action's look-alike read for a succeeded plan; flag the plan if it finds a suspect."""
+    from worker.plans import PlanState
+
+    record = run.record
+    action = run.action
+    own = tuple((record.result or {}).get("resource_ids", []))
+    params = action.params_model.model_validate(run.plan.params)
+    intent = action.intent_model.model_validate(record.intent)
+    try:
+        candidates = action.look_alikes(run.handle, params, intent, own)
+    except Exception as exc:  # the check stays due: the sweeper sends it again
+        log.warning("look_alike_check_failed", plan_id=run.plan_id, error=str(exc))
+        return record
+    holders = run.claims.holders(candidates)
+    suspects = sorted(c for c in candidates if c not in own and holders.get(c) in (None, run.plan_id))
+    done(run.runtime, run.plan_id)
+    if not suspects:
+        run.record = run.ledger.update(record, "look-alike check: nothing else found", verification="clean")
+        return run.record
+    run.runtime.metrics.incr("duplicates_suspected")
+    run.runtime.audit.append({"event": "duplicate_suspected", "plan_id": run.plan_id, "own": list(own),
+                              "suspects": suspects})
+    run.record = run.ledger.transition(
+        record, PlanState.NEEDS_ATTENTION, "look-alikes found after success: a duplicate send is suspected",
+        verification="flagged",
+        error={"code": "DuplicateSuspected", "message": f"{action.nouns.resource} {suspects} look like this plan's "
+               f"result {list(own)} and no plan claims them: check whether this plan's call was made twice",
+               "suspects": suspects},
+    )
+    return run.record
