@@ -270,6 +270,17 @@ def audit_export(since: str | None) -> None:
         click.echo(json.dumps(row, sort_keys=True))
 
 
+@main.command()
+def metrics() -> None:
+    """The counters to alert on (duplicates suspected, sends after a lost lease, plans needing attention)."""
+    runtime = _runtime()
+    counts = runtime.metrics.all()
+    for name in ("needs_attention", "duplicates_suspected", "sent_after_lease_lost"):
+        counts.setdefault(name, 0)
+    for name, value in sorted(counts.items()):
+        click.echo(f"{name}\t{value}")
+
+
 # --- schema and configuration --------------------------------------------------------------------------------
 @main.command()
 @click.argument("action", required=False)

@@ -158,8 +158,10 @@ def _prepare(run: PlanRun) -> None:
         error = {"code": "InvalidParams", "message": describe_validation_error(exc, "params")}
         run.transition(PlanState.FAILED, "invalid params", error=error)
         return
+    dry_run = plan.dry_run or run.account.read_only
     try:
         run.intent = action.prepare(run.handle, run.params)
+        dry_result = action.dry_run(run.handle, run.params, run.intent) if dry_run else None
     except PlanFailed as exc:
         failure: dict[str, Any] = {"code": exc.code, "message": exc.message, **({"details": exc.details}
                                                                                 if exc.details else {})}
@@ -167,7 +169,7 @@ def _prepare(run: PlanRun) -> None:
         return
     except (LeaseLost, RequeueLater):
         raise
-    except Exception as exc:  # a read that kept failing: nothing was sent, so trying later is safe
+    except Exception as exc:  # a read (or a dry run) that kept failing: nothing was sent, trying later is safe
         if classify(exc) == Outcome.TERMINAL:
             run.transition(PlanState.FAILED, "a read before the call failed", error=describe(exc))
             return
@@ -178,13 +180,12 @@ def _prepare(run: PlanRun) -> None:
         run.transition(PlanState.EXPIRED, "expired before it was sent")
         return
     refusal = account_refusal(run)
-    dry_run = plan.dry_run or run.account.read_only
     if refusal is not None and not (dry_run and refusal.endswith("(a trial role)")):
         run.transition(PlanState.FAILED, refusal, error={
             "code": "AccountLimit", "message": f"{refusal}; nothing was {action.nouns.done}"})
         return
-    if dry_run:
-        result = action.dry_run(run.handle, run.params, run.intent)
+    if dry_result is not None:
+        result = dry_result
         note = "dry run (read-only trial role)" if run.account.read_only and not plan.dry_run else "dry run"
         run.transition(PlanState.SUCCEEDED, note, result={**result, "dry_run": True})
         return

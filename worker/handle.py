@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import ClientError
 
 from worker.aws import AwsSessions, aws_date
+from worker.errors import Outcome, classify
 from worker.testhooks import clock_offset_seconds
 
 if TYPE_CHECKING:
@@ -127,11 +128,15 @@ class PlanHandle:
 
     def dry_run(self, operation: str, **params: Any) -> str:
         """The call with DryRun=True, retried like a read (a dry run changes nothing). Returns AWS's answer code:
-        ``DryRunOperation`` means the call would have been permitted."""
+        ``DryRunOperation`` means the call would have been permitted. A throttle or a server error that outlasts
+        the retries is raised like a failed read (the plan tries again later), never reported as "not permitted"."""
         try:
             self._call("read", None, operation, {**params, "DryRun": True})
         except ClientError as exc:
-            return str(exc.response.get("Error", {}).get("Code") or "error")
+            code = str(exc.response.get("Error", {}).get("Code") or "error")
+            if code != "DryRunOperation" and classify(exc) != Outcome.TERMINAL:
+                raise
+            return code
         return "accepted"
 
     def write_idempotent(self, operation: str, service: str | None = None, **params: Any) -> dict[str, Any]:

@@ -69,7 +69,6 @@ class SendBook(BaseModel):
     first_send_ms: int | None = None
     last_send_ms: int | None = None
     sending_holder: str | None = None  # set from just before a send until its outcome is recorded
-    takeover_wait_until_ms: int | None = None
     gave_up: bool = False  # out of rounds: a conclusive absence now fails the plan instead of sending again
     intent_aws_time: datetime | None = None
     worker_clock_skew_s: float | None = None
@@ -174,8 +173,8 @@ def settle(run: PlanRun, resumed: bool) -> PlanRecord:
     settings = run.runtime.settings
     must_reconcile = [resumed or run.book.sends > 0]
     if resumed and run.book.sending_holder:
-        # The last holder stopped while inside a send: it may still send until its lease plus the margin.
-        run.book.takeover_wait_until_ms = run.now_ms() + int(settings.send_margin_seconds * 1000)
+        # The last holder stopped inside a send: it may still send until its lease plus the margin have passed,
+        # which the absence window below waits out before anything is concluded from an empty read.
         run.book.sending_holder = None
         run.save_book("took over from a holder that stopped during a send")
     retrying = Retrying(
@@ -229,9 +228,6 @@ def _round(run: PlanRun, must_reconcile: list[bool]) -> PlanRecord | None:
 
 def _reconcile(run: PlanRun) -> PlanRecord | None:
     settings = run.runtime.settings
-    wait_until = run.book.takeover_wait_until_ms
-    if wait_until and run.now_ms() < wait_until:
-        raise run.wait((wait_until - run.now_ms()) / 1000, "the previous holder's send window is not over")
     try:
         found: Reconciled = run.action.reconcile(run.handle, run.params, run.intent)
     except (LeaseLost, RequeueLater):
@@ -269,12 +265,17 @@ def _token_forgotten(run: PlanRun) -> bool:
 
 
 def absence_conclusive_after_ms(run: PlanRun) -> int | None:
-    """A send may reach AWS until its client timeouts and the margin have passed (a paused worker included), and
-    show in describe calls only after the consistency delay: absence is conclusive after all of that."""
+    """When an empty read proves nothing was done. The send was recorded at ``last_send_ms``; its call started at
+    most the durability wait later, with at least the send window of lease left, so the lease of a holder that
+    stopped inside it expired by then plus the window, and a new holder acquired it after that. The call reached
+    AWS by then, unless its holder paused longer than the margin (docs/exactly-once.md, residual risks), and
+    shows in describe calls after the consistency delay. Absence is conclusive after all of that: this is also
+    the wait of a worker taking over from one that stopped inside a send (the old lease plus the margin)."""
     if not run.book.last_send_ms:
         return None
     s = run.runtime.settings
-    return run.book.last_send_ms + int((s.send_window + s.send_margin_seconds + s.consistency_delay_seconds) * 1000)
+    window = s.durability_timeout_ms / 1000 + s.send_window + s.send_margin_seconds + s.consistency_delay_seconds
+    return run.book.last_send_ms + int(window * 1000)
 
 
 def _before_sending(run: PlanRun) -> PlanRecord | None:

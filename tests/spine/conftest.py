@@ -143,6 +143,7 @@ def env(redis_server: RedisServer, sandbox_server: SandboxServer, accounts_file:
         "COMMITD_SEND_MARGIN_SECONDS": "2",
         "COMMITD_CONSISTENCY_DELAY_SECONDS": "0.5",
         "COMMITD_RECONCILE_INTERVAL_SECONDS": "0.3",
+        "COMMITD_DURABILITY_TIMEOUT_MS": "500",
         "COMMITD_RETRY_BASE_SECONDS": "0.05",
         "COMMITD_RETRY_MAX_SECONDS": "0.2",
         "COMMITD_STALLED_AFTER": "3",

@@ -103,7 +103,8 @@ def test_a_pause_longer_than_the_margin_is_detected_as_a_duplicate(
     assert record.error["code"] in ("DuplicateSend", "DuplicateSuspected"), record.error
     events = [e["event"] for e in runtime.audit.records(plan_id="frozen-2")]
     assert "sent_after_lease_lost" in events
-    assert runtime.metrics.all().get("needs_attention", 0) >= 1
+    printed = dict(line.split("\t") for line in commitd(env, "metrics").stdout.splitlines())
+    assert int(printed["sent_after_lease_lost"]) >= 1 and int(printed["needs_attention"]) >= 1, printed
 
 
 # --- hole 2: a lost Redis write ---------------------------------------------------------------------------------

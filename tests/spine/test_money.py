@@ -124,6 +124,35 @@ def test_a_limit_lowered_under_a_running_worker_stops_the_next_send(
     assert len(ris(sandbox)) == 1
 
 
+def test_a_limit_lowered_between_the_intent_and_the_send_stops_the_send(
+    runtime: Runtime, sandbox: SandboxControl, accounts_file: Path, tmp_path: Path, start_worker: Any,
+    env: dict[str, str],
+) -> None:
+    """The worker dies with its send recorded but not made; the limit is lowered; the worker that resumes the plan
+    re-reads the account right before it would send, and stops (the check at intake and prepare passed)."""
+    from tests.spine.test_exactly_once import hook_fired, hooks, lease_expired
+    from worker.celery_app import enqueue
+    from worker.intake import Intake
+
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(accounts_file.read_text())
+    own = Runtime(Settings(**{**runtime.settings.model_dump(), "accounts_file": accounts}))
+    dying = start_worker("dies", COMMITD_ACCOUNTS_FILE=str(accounts), **hooks(env, before_send="kill"))
+    assert Intake(own, ACTIONS, enqueue).submit_raw(json.dumps(ri_plan("lowered")), "test").outcome == "accepted"
+    hook_fired(env["COMMITD_REDIS_URL"], "BEFORE_SEND")
+    dying.kill()
+    registry = json.loads(accounts.read_text())
+    registry["accounts"][0]["limits"]["max_commitment_usd_per_plan"] = "10"
+    accounts.write_text(json.dumps(registry))
+    lease_expired(own, "lowered")
+    start_worker("resumes", COMMITD_ACCOUNTS_FILE=str(accounts))
+    enqueue(ACTIONS["ec2:PurchaseReservedInstancesOffering"].family, "lowered")
+    record = _wait(own, "lowered", {"succeeded", "failed", "needs_attention"})
+    assert record.state.value == "failed", record.error
+    assert record.error["code"] == "AccountConfigurationChanged" and "allows at most 10" in record.error["message"]
+    assert ris(sandbox) == []
+
+
 def test_every_aws_call_an_action_makes_is_declared_in_its_permissions(
     runtime: Runtime, sandbox: SandboxControl, intake: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

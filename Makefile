@@ -1,0 +1,20 @@
+# Entry points for developers. Each target installs into .venv first (scripts/bootstrap, idempotent).
+PYTHON := .venv/bin/python
+# e.g. make mutants MUTANTS_ARGS="--module worker/lease.py --limit 10"
+MUTANTS_ARGS ?=
+
+.PHONY: test mutants chaos bench
+
+test:  ## every test: private redis-server, real Celery workers, the sandbox
+	scripts/test
+
+mutants:  ## mutation testing of the money path, files mutated in place; writes reports/mutants.json
+	scripts/bootstrap
+	$(PYTHON) scripts/mutants.py $(MUTANTS_ARGS)
+
+chaos:  ## the chaos run alone: faults injected, a worker SIGKILLed, ledger == ground truth
+	scripts/test tests/spine/test_chaos.py
+
+bench:  ## every bench/*.py with its defaults (figures only; nothing fails on them)
+	scripts/bootstrap
+	set -e; for script in bench/*.py; do echo "== $$script"; $(PYTHON) $$script; done

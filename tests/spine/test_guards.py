@@ -1,0 +1,149 @@
+"""Guards on the money path that a deliberate bug once slipped past (tests-that-bite): lease renewal, a plan
+blocked by an unsettled one, expiry after a send whose outcome is unknown, and a poison plan after a send."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sandbox.control import SandboxControl
+from tasks import ACTIONS
+from tests.spine.conftest import ACCOUNT, ri_plan
+from tests.spine.test_exactly_once import hook_fired, hooks, lease_expired
+from worker.execution import RequeueLater, run_plan
+from worker.runtime import Runtime
+
+SETTLED = ("succeeded", "failed", "needs_attention", "expired")
+
+
+def ris(sandbox: SandboxControl) -> list[dict[str, Any]]:
+    return sandbox.resources(account_id=ACCOUNT, type="reserved-instances")
+
+
+def run_until_settled(runtime: Runtime, plan_id: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = str(run_plan(runtime, plan_id, ACTIONS))
+        except RequeueLater as later:
+            time.sleep(later.delay)
+            continue
+        if state in SETTLED:
+            return state
+    raise AssertionError(f"{plan_id} never settled")
+
+
+def submit(intake: Any, plan: dict[str, Any]) -> None:
+    assert intake.submit_raw(json.dumps(plan), "test").outcome == "accepted"
+
+
+def test_a_plan_that_runs_longer_than_its_lease_keeps_it_by_renewal(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    """The offerings read takes longer than the whole lease: only the heartbeat's renewals let the send happen."""
+    assert runtime.settings.lease_seconds < 5
+    sandbox.add_fault("ec2:DescribeReservedInstancesOfferings", "latency", count=1, latency_ms=5000)
+    submit(intake, ri_plan("long-run"))
+    assert run_plan(runtime, "long-run", ACTIONS) == "succeeded"
+    record = runtime.ledger.get("long-run")
+    assert record.attempts == 1 and len(ris(sandbox)) == 1
+
+
+def _unsettled(runtime: Runtime, sandbox: SandboxControl, intake: Any, plan_id: str) -> None:
+    """A plan whose purchase was dropped and whose reconciling reads all fail: it needs attention, holding the
+    offering's signature."""
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "reset", count=1)
+    sandbox.add_fault("ec2:DescribeReservedInstances", "error", probability=1.0)
+    submit(intake, ri_plan(plan_id))
+    assert run_until_settled(runtime, plan_id) == "needs_attention"
+    assert runtime.ledger.get(plan_id).error["code"] == "OutcomeUnknown"
+    sandbox.clear_faults()
+
+
+def test_a_plan_for_the_same_offering_as_an_unsettled_one_needs_attention_too(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    _unsettled(runtime, sandbox, intake, "unsettled")
+    submit(intake, ri_plan("blocked", instance_count=3))
+    assert run_until_settled(runtime, "blocked") == "needs_attention"
+    error = runtime.ledger.get("blocked").error
+    assert error["code"] == "BlockedByUnsettledPlan" and "unsettled" in error["message"]
+    assert ris(sandbox) == []
+
+
+def _clock_jumps_after_first_purchase(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxControl, fault: str) -> None:
+    """The worker's clock passes the plan's expires_at once the sandbox saw the first purchase (an event)."""
+    import worker.handle
+
+    monkeypatch.setattr(worker.handle, "clock_offset_seconds",
+                        lambda: 3600.0 if sandbox.faults()["fired"].get(fault, 0) >= 1 else 0.0)
+
+
+def test_a_plan_that_expires_after_a_send_that_took_effect_succeeds_never_expires(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_drop", count=1)
+    _clock_jumps_after_first_purchase(monkeypatch, sandbox, "commit_then_drop")
+    expires = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    submit(intake, {**ri_plan("expires-after-send"), "expires_at": expires})
+    assert run_until_settled(runtime, "expires-after-send") == "succeeded"
+    [ri] = ris(sandbox)
+    assert runtime.ledger.get("expires-after-send").result["resource_ids"] == [ri["id"]]
+
+
+def test_a_plan_that_expires_after_a_lost_send_expires_only_once_absence_is_conclusive(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "reset", count=1)
+    _clock_jumps_after_first_purchase(monkeypatch, sandbox, "reset")
+    expires = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    submit(intake, {**ri_plan("expires-unknown"), "expires_at": expires})
+    assert run_until_settled(runtime, "expires-unknown") == "expired"
+    reads = [e for e in runtime.audit.records(plan_id="expires-unknown")
+             if e.get("operation") == "describe_reserved_instances"]
+    assert reads, "expired without a reconciling read after a send whose outcome was unknown"
+    assert ris(sandbox) == []
+    assert sandbox.faults()["fired"]["reset"] == 1  # never sent again after expiry
+
+
+def test_a_poison_plan_after_a_send_needs_attention_never_nothing_was_sent(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, start_worker: Any, env: dict[str, str]
+) -> None:
+    worker = start_worker("dies", **hooks(env, after_send="kill"))
+    submit(intake, ri_plan("poison-after-send"))
+    hook_fired(env["COMMITD_REDIS_URL"], "AFTER_SEND")
+    worker.kill()
+    lease_expired(runtime, "poison-after-send")
+    record = runtime.ledger.get("poison-after-send")
+    runtime.ledger.update(record, "test: the plan crashed its workers this often",
+                          attempts=runtime.settings.max_attempts)
+    assert run_plan(runtime, "poison-after-send", ACTIONS) == "needs_attention"
+    error = runtime.ledger.get("poison-after-send").error
+    assert error["code"] == "AttemptsExhausted" and "a send may have happened" in error["message"]
+    assert len(ris(sandbox)) == 1
+
+
+def test_a_throttled_dry_run_is_retried_like_a_read_never_reported_as_not_permitted(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    """Five throttles in a row outlast botocore's read retries (3): the plan waits and tries again."""
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "throttle", count=5)
+    submit(intake, {**ri_plan("dry-throttled"), "dry_run": True})
+    assert run_until_settled(runtime, "dry-throttled") == "succeeded"
+    result = runtime.ledger.get("dry-throttled").result
+    assert result["dry_run"] is True and result["permitted"] is True and result["aws_answer"] == "DryRunOperation"
+    assert sandbox.faults()["fired"]["throttle"] == 5 and ris(sandbox) == []
+
+
+def test_a_dry_run_whose_connection_drops_is_retried(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "reset", count=1)
+    submit(intake, {**ri_plan("dry-dropped"), "dry_run": True})
+    assert run_until_settled(runtime, "dry-dropped") == "succeeded"
+    assert runtime.ledger.get("dry-dropped").result["permitted"] is True
+    assert ris(sandbox) == []
