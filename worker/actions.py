@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -137,8 +136,6 @@ class Action(ABC, Generic[ParamsT, IntentT]):
     optional_permissions: ClassVar[frozenset[str]] = frozenset()
     # AWS error codes that mean "this was already done" (confirmed by reconciling, never trusted alone).
     done_signals: ClassVar[frozenset[str]] = frozenset()
-    # How long AWS remembers a client token; a plan resuming later reconciles before sending again.
-    token_memory: ClassVar[timedelta] = timedelta(hours=8)
 
     def max_commitment_usd(self, params: ParamsT) -> Decimal | None:
         """The most this plan may commit in total (upfront + recurring over the term), from its params alone:

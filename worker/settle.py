@@ -204,10 +204,6 @@ def _round(run: PlanRun, must_reconcile: list[bool]) -> PlanRecord | None:
         if not run.conclusively_absent:
             return None  # the read failed: another round
         must_reconcile[0] = False
-    if _token_forgotten(run):
-        # AWS keeps a client token's memory for a limited time: past it, a re-send could act twice. Look first.
-        must_reconcile[0], run.conclusively_absent = True, False
-        return None
     blocked = _before_sending(run)
     if blocked is not None:
         return blocked
@@ -256,12 +252,6 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
     if run.book.gave_up:
         return _nothing_more_sent(run, "OutOfRounds", "rounds used up and AWS shows nothing")
     return None
-
-
-def _token_forgotten(run: PlanRun) -> bool:
-    if run.action.idempotency == Idempotency.NONE or not run.book.first_send_ms or run.conclusively_absent:
-        return False
-    return run.now_ms() - run.book.first_send_ms > run.action.token_memory.total_seconds() * 1000
 
 
 def absence_conclusive_after_ms(run: PlanRun) -> int | None:

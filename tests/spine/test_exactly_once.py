@@ -308,3 +308,26 @@ def _run_until_settled(runtime: Runtime, plan_id: str, run_plan: Any) -> str:
 def ec2_client(aws: Any) -> Any:
     """A boto3 EC2 client in ``account`` (through AssumeRole): a person acting in the account by hand."""
     return lambda account: aws("ec2", account_id=account, external_id=EXTERNAL_ID)
+
+
+def test_the_look_alike_check_after_success_flags_an_unclaimed_twin(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, start_worker: Any, ec2_client: Any
+) -> None:
+    """What a duplicate send by a worker that died right after it would leave: an RI just like the plan's that no
+    plan claims. The check due after success finds it; a plan without a twin is checked clean."""
+    start_worker()
+    submit(intake, ri_plan("twin-checked"))
+    submit(intake, ri_plan("clean-checked", instance_type="c5.large"))
+    record = wait_for_state(runtime, "twin-checked", {"succeeded"})
+    assert record.verification == "due"
+    twin = ec2_client(ACCOUNT).purchase_reserved_instances_offering(
+        ReservedInstancesOfferingId=record.intent["offering_id"], InstanceCount=2)["ReservedInstancesId"]
+    flagged = wait_for_state(runtime, "twin-checked", {"needs_attention"}, timeout=60)
+    assert flagged.error["code"] == "DuplicateSuspected" and flagged.error["suspects"] == [twin]
+    assert flagged.verification == "flagged"
+    assert runtime.metrics.all()["duplicates_suspected"] == 1
+    deadline = time.monotonic() + 60
+    while runtime.ledger.get("clean-checked").verification != "clean":
+        assert time.monotonic() < deadline, runtime.ledger.get("clean-checked")
+        time.sleep(0.1)
+    assert runtime.ledger.get("clean-checked").state.value == "succeeded"

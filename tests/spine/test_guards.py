@@ -147,3 +147,30 @@ def test_a_dry_run_whose_connection_drops_is_retried(
     assert run_until_settled(runtime, "dry-dropped") == "succeeded"
     assert runtime.ledger.get("dry-dropped").result["permitted"] is True
     assert ris(sandbox) == []
+
+
+@pytest.mark.parametrize(("service", "operation", "result_key", "page_size"), [
+    ("ec2", "describe_reserved_instances_offerings", "ReservedInstancesOfferings", {"MaxResults": 5}),
+    ("rds", "describe_reserved_db_instances_offerings", "ReservedDBInstancesOfferings", {"MaxRecords": 20}),
+    ("elasticache", "describe_reserved_cache_nodes_offerings", "ReservedCacheNodesOfferings", {"MaxRecords": 20}),
+    ("savingsplans", "describe_savings_plans_offerings", "searchResults", {"maxResults": 5}),
+])
+def test_paginate_follows_each_apis_own_token(
+    runtime: Runtime, sandbox: SandboxControl, service: str, operation: str, result_key: str,
+    page_size: dict[str, int],
+) -> None:
+    """NextToken, Marker, nextToken: every page is read, each one an audited call."""
+    from worker.actions import family_permissions
+    from worker.handle import PlanHandle
+
+    action = ACTIONS["ec2:PurchaseReservedInstancesOffering"]
+    handle = PlanHandle(runtime.sessions, action, runtime.accounts.get(ACCOUNT), "us-east-1", "paging",
+                        family_permissions(action.family))
+    paged = handle.paginate(operation, result_key, service=service, **page_size)
+    first_page = handle.read(operation, service=service, **page_size)[result_key]
+    size = next(iter(page_size.values()))
+    assert len(first_page) == size and len(paged) > size, (len(first_page), len(paged))
+    ids = [json.dumps(item, sort_keys=True, default=str) for item in paged]
+    assert len(set(ids)) == len(ids), "a page was read twice"
+    pages = [e for e in runtime.audit.records(plan_id="paging") if e.get("operation") == operation]
+    assert len(pages) == -(-len(paged) // size) + 1
