@@ -283,8 +283,8 @@ class PurchaseReservedInstancesOffering(Action[PurchaseReservedInstancesParams, 
     def look_alikes(
         self, aws: PlanHandle, params: PurchaseReservedInstancesParams, intent: RiPurchaseIntent,
         own: tuple[str, ...],
-    ) -> list[str]:
-        return [c["ReservedInstancesId"] for c in self._matching(aws, intent)]
+    ) -> dict[str, datetime]:
+        return {c["ReservedInstancesId"]: c["Start"] for c in self._matching(aws, intent)}
 
     def _matching(self, aws: PlanHandle, intent: RiPurchaseIntent) -> list[dict[str, Any]]:
         """RIs with the intent's attributes and count that started at or after the intent (AWS's clock), or at

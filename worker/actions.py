@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -154,10 +155,13 @@ class Action(ABC, Generic[ParamsT, IntentT]):
     def reconcile(self, aws: PlanHandle, params: ParamsT, intent: IntentT) -> Reconciled:
         """Reads that find the call's effect. Raise on a failed read: an unknown outcome is never guessed."""
 
-    def look_alikes(self, aws: PlanHandle, params: ParamsT, intent: IntentT, own: tuple[str, ...]) -> list[str]:
+    def look_alikes(
+        self, aws: PlanHandle, params: ParamsT, intent: IntentT, own: tuple[str, ...]
+    ) -> dict[str, datetime]:
         """After success of a call without a token: resources made since the intent that look like this plan's
-        and that no plan claims (``own`` are the plan's). Any one of them may be a duplicate send."""
-        return []
+        (``own`` are the plan's), with when AWS made them. The executor drops those another plan claims or may
+        have made; any other one may be a duplicate send."""
+        return {}
 
     def dry_run(self, aws: PlanHandle, params: ParamsT, intent: IntentT) -> dict[str, Any]:
         """What a dry run reports (the API's DryRun where it has one; the prepared intent otherwise)."""

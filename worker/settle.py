@@ -124,6 +124,14 @@ class PlanRun:
             SignatureLock(self.runtime.redis, self.book.lock_key, self.plan_id).release()
 
 
+class SendNotMade(Exception):
+    """The guard stopped before the AWS call (Redis went away while recording the send, say): nothing was sent."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class SendGuard:
     """What happens right before and after the mutating call (``PlanHandle.send`` calls it)."""
 
@@ -147,6 +155,14 @@ class SendGuard:
         return now_ms
 
     def before_send(self) -> None:
+        try:
+            self._before_send()
+        except (LeaseLost, DurabilityUnavailable, RequeueLater):
+            raise
+        except Exception as exc:  # anything else before the call: the call was not made
+            raise SendNotMade(exc) from exc
+
+    def _before_send(self) -> None:
         run = self.run
         now_ms = self._fence()
         book = run.book
@@ -211,6 +227,16 @@ def _round(run: PlanRun, must_reconcile: list[bool]) -> PlanRecord | None:
         submitted = run.action.submit(run.handle, run.params, run.intent)
     except (LeaseLost, RequeueLater):
         raise
+    except SendNotMade as exc:
+        # Whether the send record was written is unknown: read it back (a recorded send that was not made only
+        # makes reconciliation more careful), and try again in the next round.
+        fresh = run.ledger.get(run.plan_id)
+        assert fresh is not None
+        run.record, run.book = fresh, SendBook.model_validate(fresh.book or {})
+        run.book.sending_holder = None
+        run.last_error = describe(exc.cause)
+        log.warning("send_not_made", plan_id=run.plan_id, error=run.last_error)
+        return None
     except DurabilityUnavailable as exc:
         # The call was not made: the record of it is withdrawn, and what held before it holds (nothing exists).
         run.book.sends -= 1

@@ -10,6 +10,7 @@ set the sweeper also reads, so a lost task message does not lose it.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from worker.actions import Action
@@ -44,6 +45,29 @@ def done(runtime: Runtime, plan_id: str) -> None:
     runtime.redis.zrem(verify_key(runtime), plan_id)
 
 
+def _not_another_plans(run: Any, intent: Any, unclaimed: dict[str, Any]) -> list[str]:
+    """A later plan for the same call holds the signature while its outcome is open (in flight, or needing
+    attention): what started after its intent may be its purchase, not a duplicate of this plan's."""
+    if not intent.signature or not unclaimed:
+        return list(unclaimed)
+    raw = run.runtime.redis.get(run.runtime.key("inflight", intent.signature))
+    holder = raw.decode() if isinstance(raw, bytes) else raw
+    if holder is None or holder == run.plan_id:
+        return list(unclaimed)
+    record = run.ledger.get(holder)
+    since = (record.book or {}).get("intent_aws_time") if record is not None else None
+    if since is None:
+        return list(unclaimed)
+    from datetime import datetime
+
+    started_after = datetime.fromisoformat(since.replace("Z", "+00:00")) - timedelta(seconds=10)
+    theirs = [c for c, start in unclaimed.items() if start >= started_after]
+    if theirs:
+        run.runtime.audit.append({"event": "look_alikes_attributed", "plan_id": run.plan_id, "to_plan": holder,
+                                  "resource_ids": sorted(theirs)})
+    return [c for c in unclaimed if c not in theirs]
+
+
 def check_look_alikes(run: Any) -> Any:
     """Run the action's look-alike read for a succeeded plan; flag the plan if it finds a suspect."""
     from worker.plans import PlanState
@@ -59,7 +83,8 @@ def check_look_alikes(run: Any) -> Any:
         log.warning("look_alike_check_failed", plan_id=run.plan_id, error=str(exc))
         return record
     holders = run.claims.holders(candidates)
-    suspects = sorted(c for c in candidates if c not in own and holders.get(c) in (None, run.plan_id))
+    unclaimed = {c: start for c, start in candidates.items() if c not in own and holders.get(c) in (None, run.plan_id)}
+    suspects = sorted(_not_another_plans(run, intent, unclaimed))
     done(run.runtime, run.plan_id)
     if not suspects:
         run.record = run.ledger.update(record, "look-alike check: nothing else found", verification="clean")

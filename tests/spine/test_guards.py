@@ -174,3 +174,23 @@ def test_paginate_follows_each_apis_own_token(
     assert len(set(ids)) == len(ids), "a page was read twice"
     pages = [e for e in runtime.audit.records(plan_id="paging") if e.get("operation") == operation]
     assert len(pages) == -(-len(paged) // size) + 1
+
+
+def test_the_look_alike_check_does_not_take_a_later_plans_purchase_for_a_duplicate(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    """X succeeds; Y, for the same offering and count, buys but loses the answer and its reads fail, so it needs
+    attention, holding the offering. X's check must not flag Y's RI as X's duplicate."""
+    submit(intake, ri_plan("first-x"))
+    assert run_plan(runtime, "first-x", ACTIONS) == "succeeded"
+    assert runtime.ledger.get("first-x").verification == "due"
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_drop", count=1)
+    sandbox.add_fault("ec2:DescribeReservedInstances", "error", probability=1.0)
+    submit(intake, ri_plan("later-y"))
+    assert run_until_settled(runtime, "later-y") == "needs_attention"
+    sandbox.clear_faults()
+    assert run_plan(runtime, "first-x", ACTIONS) == "succeeded"
+    assert runtime.ledger.get("first-x").verification == "clean"
+    y_ri = next(r["id"] for r in ris(sandbox) if r["id"] not in runtime.ledger.get("first-x").result["resource_ids"])
+    [attributed] = [e for e in runtime.audit.records(plan_id="first-x") if e["event"] == "look_alikes_attributed"]
+    assert attributed["to_plan"] == "later-y" and attributed["resource_ids"] == [y_ri]

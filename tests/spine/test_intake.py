@@ -405,15 +405,29 @@ def test_not_before_in_the_future_is_scheduled_then_swept_to_queued(runtime: Run
     assert queued_plan_ids(runtime) == ["later-1"]
 
 
-def test_scheduled_plan_that_expires_before_it_is_due(runtime: Runtime, intake: Any) -> None:
-    plan = ri_plan("later-2")
-    plan["not_before"] = _later(0.5)
-    plan["expires_at"] = _later(0.8)
+def test_scheduled_plan_that_expires_before_it_is_due(
+    runtime: Runtime, intake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due an hour from now, expired an hour after that; each sweep runs at an instant this test sets on the intake's
+    clock, so no machine is too slow for it: not moved before it is due, expired (never queued) by a sweep after
+    expires_at."""
+    import worker.intake
+
+    submitted = datetime.now(UTC)
+    plan = {**ri_plan("later-2"), "not_before": (submitted + timedelta(hours=1)).isoformat(),
+            "expires_at": (submitted + timedelta(hours=2)).isoformat()}
     assert intake.submit_raw(json.dumps(plan), "cli").state == "scheduled"
-    time.sleep(1.0)
+    monkeypatch.setattr(worker.intake, "_now", lambda: submitted + timedelta(minutes=59))
+    assert intake.sweep()["due"] == 0
+    assert runtime.ledger.get("later-2").state.value == "scheduled"
+    monkeypatch.setattr(worker.intake, "_now", lambda: submitted + timedelta(hours=3))
     assert intake.sweep()["due"] == 1
-    assert runtime.ledger.get("later-2").state.value == "expired"
+    record = runtime.ledger.get("later-2")
+    assert [h.state.value for h in record.history] == ["received", "scheduled", "expired"]
+    assert record.history[-1].note == "expired while scheduled"
     assert celery_messages(runtime) == []
+    assert runtime.redis.zcard(runtime.key("scheduled")) == 0
+    assert intake.sweep()["due"] == 0
 
 
 def test_expires_at_in_the_past_is_expired_at_intake(runtime: Runtime, intake: Any) -> None:
