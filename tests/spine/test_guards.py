@@ -194,3 +194,14 @@ def test_the_look_alike_check_does_not_take_a_later_plans_purchase_for_a_duplica
     y_ri = next(r["id"] for r in ris(sandbox) if r["id"] not in runtime.ledger.get("first-x").result["resource_ids"])
     [attributed] = [e for e in runtime.audit.records(plan_id="first-x") if e["event"] == "look_alikes_attributed"]
     assert attributed["to_plan"] == "later-y" and attributed["resource_ids"] == [y_ri]
+
+
+def test_settings_refuse_a_lease_too_short_for_any_send() -> None:
+    from config.settings import ConfigurationError, load_settings
+
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(lease_seconds=40, write_connect_timeout=5, write_read_timeout=30, send_margin_seconds=15)
+    message = str(refused.value)
+    assert "lease_seconds (40.0) must exceed" in message and "(50.0)" in message
+    assert load_settings(lease_seconds=51, write_connect_timeout=5, write_read_timeout=30,
+                         send_margin_seconds=15).send_window == 50
