@@ -288,6 +288,7 @@ class Ledger:
         dropped = 0
         for plan_id, raw in self.redis.hgetall(self._tombstones_key).items():
             stone = json.loads(raw)
+            # The plan's entry was added before it was received; a second allows for the intake's clock.
             replayable = oldest_ms is not None and stone["received_at"] * 1000 >= oldest_ms - 1000
             if not replayable and stone["purged_at"] < now - replay_seconds:
                 self.redis.hdel(self._tombstones_key, plan_id)

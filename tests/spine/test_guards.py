@@ -205,3 +205,26 @@ def test_settings_refuse_a_lease_too_short_for_any_send() -> None:
     assert "lease_seconds (40.0) must exceed" in message and "(50.0)" in message
     assert load_settings(lease_seconds=51, write_connect_timeout=5, write_read_timeout=30,
                          send_margin_seconds=15).send_window == 50
+
+
+def test_a_tombstone_lasts_while_its_stream_entry_can_replay_it(runtime: Runtime, intake: Any) -> None:
+    """Purged plans leave tombstones; trimming keeps one while the intake stream still holds an entry as old as
+    the plan, or while a task message could still be redelivered, and drops it after both."""
+    from worker.plans import PlanState
+
+    stream = runtime.key("plans")
+    runtime.redis.xadd(stream, {"plan": json.dumps(ri_plan("stone-1", max_hourly_usd="0.0001"))})
+    intake.consume_once("c", block_ms=100)
+    assert runtime.ledger.get("stone-1").state.value == "queued"
+    record = runtime.ledger.get("stone-1")
+    record = runtime.ledger.transition(record, PlanState.CANCELLED, "test: cancelled")
+    future = datetime.now(UTC) + timedelta(days=1)
+    assert runtime.ledger.purge([PlanState.CANCELLED], future, stream=stream, replay_seconds=0) == 1
+    assert runtime.ledger.tombstone("stone-1")["state"] == "cancelled"  # its entry is still in the stream
+    time.sleep(1.1)  # trimming allows a second of clock difference between the intake and Redis
+    runtime.redis.xadd(stream, {"plan": "{}"})
+    runtime.redis.xtrim(stream, maxlen=1, approximate=False)  # the plan's entry is gone now
+    assert runtime.ledger.trim_tombstones(stream, replay_seconds=3600) == 0  # a redelivery could still come
+    assert runtime.ledger.tombstone("stone-1") is not None
+    assert runtime.ledger.trim_tombstones(stream, replay_seconds=0) == 1
+    assert runtime.ledger.tombstone("stone-1") is None
