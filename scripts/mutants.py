@@ -42,7 +42,7 @@ MONEY_PATH: dict[str, list[str]] = {
     "worker/ledger.py": ["tests/spine/test_ledger_and_audit.py", "tests/spine/test_guards.py"],
     "worker/intake.py": ["tests/spine/test_money.py", "tests/spine/test_intake.py", "tests/spine/test_exactly_once.py"],
     "worker/execution.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py", "tests/spine/test_execution.py",
-                            "tests/spine/test_exactly_once.py"],
+                            "tests/spine/test_exactly_once.py", "tests/spine/test_purchase.py"],
     "worker/settle.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py", "tests/spine/test_exactly_once.py",
                          "tests/spine/test_purchase.py"],
     "worker/claims.py": ["tests/spine/test_money.py", "tests/spine/test_exactly_once.py"],

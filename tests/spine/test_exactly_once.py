@@ -148,6 +148,7 @@ def test_no_send_without_a_durable_send_record(
         runtime.redis.config_set("appendfsync", "always")
     assert record.state.value == "failed" and record.error["code"] == "DurabilityUnavailable", record.error
     assert "nothing was bought" in record.error["message"]
+    assert record.book["sends"] == 0, "the send record of a call not made is withdrawn"
     assert bought(sandbox) == []
 
 
