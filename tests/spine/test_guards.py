@@ -228,3 +228,30 @@ def test_a_tombstone_lasts_while_its_stream_entry_can_replay_it(runtime: Runtime
     assert runtime.ledger.tombstone("stone-1") is not None
     assert runtime.ledger.trim_tombstones(stream, replay_seconds=0) == 1
     assert runtime.ledger.tombstone("stone-1") is None
+
+
+def test_claims_take_every_resource_and_report_each_held_elsewhere(runtime: Runtime) -> None:
+    from worker.claims import Claims
+
+    claims = Claims(runtime.redis, runtime.key("claimed", "test", ACCOUNT, "us-east-1"))
+    assert claims.claim("plan-a", ["r-1", "r-2"]) == {}
+    assert claims.holders(["r-1", "r-2", "r-3"]) == {"r-1": "plan-a", "r-2": "plan-a", "r-3": None}
+    assert claims.claim("plan-a", ["r-2"]) == {}  # claiming again is idempotent
+    assert claims.claim("plan-b", ["r-3", "r-1", "r-2"]) == {"r-1": "plan-a", "r-2": "plan-a"}
+    assert claims.holder("r-3") == "plan-b"
+    assert claims.elsewhere("plan-b", ["r-1", "r-3"]) == {"r-1"}
+
+
+def test_a_plan_that_expires_between_its_intent_and_its_first_send_expires_with_nothing_sent(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.handle
+
+    monkeypatch.setattr(worker.handle, "clock_offset_seconds",
+                        lambda: 3600.0 if runtime.ledger.get("expires-at-intent").state.value == "submitted" else 0.0)
+    expires = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    submit(intake, {**ri_plan("expires-at-intent"), "expires_at": expires})
+    assert run_until_settled(runtime, "expires-at-intent") == "expired"
+    record = runtime.ledger.get("expires-at-intent")
+    assert record.book["sends"] == 0 and record.history[-2].state.value == "submitted"
+    assert ris(sandbox) == []
