@@ -90,7 +90,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="commitd-bench-"))
     port = free_port()
     redis_proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        # appendfsync always: send records are durable before a call without a token (docs/exactly-once.md)
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+         "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
     sandbox = SandboxServer().start()
@@ -110,6 +112,9 @@ def main() -> int:
         configure_logging("json", "WARNING")
         runtime = Runtime(settings)
         set_runtime(runtime)
+        from worker.celery_app import app, configure
+
+        configure(app, settings)  # the look-alike check is scheduled as a task message: on this Redis
         intake = Intake(runtime, ACTIONS, lambda family, plan_id: None)
         for n in range(5):  # warm up: sessions, clients, scripts
             intake.submit_raw(json.dumps(plan(-1 - n)), "bench")
