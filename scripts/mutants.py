@@ -40,14 +40,15 @@ from typing import Any
 MONEY_PATH: dict[str, list[str]] = {
     "worker/lease.py": ["tests/spine/test_guards.py", "tests/spine/test_exactly_once.py"],
     "worker/ledger.py": ["tests/spine/test_ledger_and_audit.py", "tests/spine/test_guards.py"],
-    "worker/intake.py": ["tests/spine/test_money.py", "tests/spine/test_intake.py", "tests/spine/test_exactly_once.py"],
+    "worker/intake.py": ["tests/spine/test_money.py", "tests/spine/test_intake.py", "tests/spine/test_execution.py",
+                         "tests/spine/test_guards.py", "tests/spine/test_exactly_once.py"],
     "worker/execution.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py", "tests/spine/test_execution.py",
                             "tests/spine/test_exactly_once.py", "tests/spine/test_purchase.py"],
     "worker/settle.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py", "tests/spine/test_exactly_once.py",
                          "tests/spine/test_purchase.py"],
     "worker/claims.py": ["tests/spine/test_money.py", "tests/spine/test_exactly_once.py"],
     "worker/durability.py": ["tests/spine/test_exactly_once.py"],
-    "worker/verify.py": ["tests/spine/test_exactly_once.py"],
+    "worker/verify.py": ["tests/spine/test_guards.py", "tests/spine/test_exactly_once.py"],
     "tasks/ec2_reserved_instances.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py",
                                         "tests/spine/test_exactly_once.py", "tests/spine/test_purchase.py"],
 }

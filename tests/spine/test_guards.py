@@ -255,3 +255,23 @@ def test_a_plan_that_expires_between_its_intent_and_its_first_send_expires_with_
     record = runtime.ledger.get("expires-at-intent")
     assert record.book["sends"] == 0 and record.history[-2].state.value == "submitted"
     assert ris(sandbox) == []
+
+
+def test_a_look_alike_check_whose_message_was_lost_is_sent_again_by_the_sweeper(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any
+) -> None:
+    from worker.verify import verify_key
+
+    submit(intake, ri_plan("check-lost"))
+    assert run_plan(runtime, "check-lost", ACTIONS) == "succeeded"
+    assert runtime.ledger.get("check-lost").verification == "due"
+    sent: list[tuple[str, str]] = []
+    intake.enqueue = lambda family, plan_id: sent.append((family.name, plan_id))
+    assert intake.sweep()["checks"] == 0  # not overdue yet: its own message may still come
+    now = runtime.redis.time()[0]
+    runtime.redis.zadd(verify_key(runtime), {"check-lost": now - runtime.settings.lease_seconds - 1})
+    assert intake.sweep()["checks"] == 1 and sent == [("ec2_reserved_instances", "check-lost")]
+    assert intake.sweep()["checks"] == 0, "one re-send per lease period"
+    assert run_plan(runtime, "check-lost", ACTIONS) == "succeeded"
+    assert runtime.ledger.get("check-lost").verification == "clean"
+    assert runtime.redis.zscore(verify_key(runtime), "check-lost") is None
