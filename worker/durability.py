@@ -47,8 +47,12 @@ def _version(client: redis.Redis) -> tuple[int, ...]:
 
 
 class SendRecordDurability:
-    def __init__(self, client: redis.Redis, mode: str, replicas: int = 1, timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, client: redis.Redis, mode: str, replicas: int = 1, timeout_ms: int = 2000,
+        recheck_seconds: float = RECHECK_SECONDS,
+    ) -> None:
         self.redis = client
+        self.recheck_seconds = recheck_seconds
         self.mode = mode
         self.replicas = replicas
         self.timeout_ms = timeout_ms
@@ -59,7 +63,7 @@ class SendRecordDurability:
         """The method in use: waitaof, replicas, fsync_always, none, or unavailable."""
         if self.mode != "auto":
             return self.mode
-        if self._detected is None or time.monotonic() - self._detected_at > RECHECK_SECONDS:
+        if self._detected is None or time.monotonic() - self._detected_at > self.recheck_seconds:
             self._detected, self._detected_at = self._detect(), time.monotonic()
         return self._detected
 

@@ -275,3 +275,22 @@ def test_a_look_alike_check_whose_message_was_lost_is_sent_again_by_the_sweeper(
     assert run_plan(runtime, "check-lost", ACTIONS) == "succeeded"
     assert runtime.ledger.get("check-lost").verification == "clean"
     assert runtime.redis.zscore(verify_key(runtime), "check-lost") is None
+
+
+def test_durability_is_detected_again_when_the_server_changes(runtime: Runtime) -> None:
+    """An operator turning appendfsync off under a running worker: the next check after the re-check period
+    sees it, and sending stops."""
+    from worker.durability import DurabilityUnavailable, SendRecordDurability
+
+    durability = SendRecordDurability(runtime.redis, "auto", recheck_seconds=0)
+    assert durability.method() == "fsync_always" and durability.wait() == "fsync_always"
+    runtime.redis.config_set("appendfsync", "everysec")
+    try:
+        time.sleep(0.01)
+        assert durability.method() == "unavailable"
+        with pytest.raises(DurabilityUnavailable):
+            durability.wait()
+    finally:
+        runtime.redis.config_set("appendfsync", "always")
+    time.sleep(0.01)
+    assert durability.method() == "fsync_always"
