@@ -1,6 +1,6 @@
 """Permissions beyond the production role that commitd uses when a customer grants them, and why.
 
-The production role (../shared/reference/production-role.md) is the whole scope of the product; these are
+The production role (docs/production-role.md) is the whole scope of the product; these are
 opt-in. Where a customer did not grant one, commitd works without it (the reason says what is lost).
 """
 

@@ -46,6 +46,10 @@ _INTERNAL_ERROR: dict[str, tuple[str, str, int]] = {
 }
 
 
+class NotSimulated(NotImplementedError):
+    """Neither the sandbox nor moto answers this request: the caller gets a 501 NotImplemented."""
+
+
 class DropConnection(ConnectionResetError):
     """Raised after the client socket was shut down on purpose (faults `reset` and `commit_then_drop`)."""
 
@@ -191,15 +195,16 @@ class SandboxApp:
     def _moto_for(self, service: str, environ: dict[str, Any], body: bytes) -> WireResponse:
         """moto's answer to an operation of the sandbox's services that has no sandbox handler.
 
-        Raises NotImplementedError where moto has nothing to answer with: no backend for the service at all
+        Raises NotSimulated (answered as 501 NotImplemented, like moto's own NotImplementedError) where moto has
+        nothing to answer with: no backend for the service at all
         (Savings Plans, where moto would crash), or no route for a REST operation (moto's router answers an
         HTML 404, which botocore would read as an unknown error)."""
         if service not in _moto_backends():
-            raise NotImplementedError(service)
+            raise NotSimulated(service)
         response = self._call_moto(environ, body)
         content_type = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
         if response.status == 404 and content_type.startswith("text/html"):
-            raise NotImplementedError(service)
+            raise NotSimulated(service)
         return response
 
     def account_for(self, access_key: str) -> str:

@@ -18,6 +18,7 @@ from config.accounts import AccountRegistry, ReloadingRegistry
 from config.settings import Settings, get_settings
 from worker.audit import AuditLog
 from worker.aws import AwsSessions
+from worker.durability import SendRecordDurability
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 
@@ -52,6 +53,13 @@ class Runtime:
     def send_record_redis(self) -> Redis:
         """One connection for a send record and the wait for its durability (WAIT counts this connection's writes)."""
         return redis.Redis.from_url(self.settings.redis_url, single_connection_client=True)
+
+    @cached_property
+    def send_record_durability(self) -> SendRecordDurability:
+        """How send records are made durable: detected once and re-checked once a minute, per process."""
+        s = self.settings
+        return SendRecordDurability(self.send_record_redis, s.send_record_durability, s.durability_replicas,
+                                    s.durability_timeout_ms)
 
     @cached_property
     def metrics(self) -> Metrics:

@@ -37,7 +37,7 @@ from worker.actions import (
     Submitted,
 )
 from worker.claims import Claims
-from worker.durability import DurabilityUnavailable, SendRecordDurability
+from worker.durability import DurabilityUnavailable
 from worker.errors import Outcome, classify, describe, error_code
 from worker.handle import PlanHandle
 from worker.lease import Lease, LeaseLost, SignatureLock, redis_now_ms
@@ -142,10 +142,7 @@ class SendGuard:
         # The send record and the wait for its durability go over one connection (WAIT/WAITAOF count the writes
         # of the connection that asks).
         self.connection = run.runtime.send_record_redis
-        self.durability = SendRecordDurability(
-            self.connection, settings.send_record_durability, settings.durability_replicas,
-            settings.durability_timeout_ms,
-        )
+        self.durability = run.runtime.send_record_durability
         self.ledger = Ledger(self.connection, settings.key_prefix)
 
     def _fence(self) -> int:
