@@ -11,6 +11,7 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -41,6 +42,9 @@ class AccountConfig(BaseModel):
     read_only: bool = Field(False, description="a trial role: every plan runs as a dry run")
     extra_permissions: list[str] = Field(
         default_factory=list, description="actions beyond the production role that this customer granted"
+    )
+    optional_blocks: list[Literal["organizations"]] = Field(
+        default_factory=list, description="optional blocks of the production role this customer granted"
     )
     limits: AccountLimits = Field(default_factory=lambda: AccountLimits())
 
@@ -75,6 +79,10 @@ class AccountConfig(BaseModel):
     def granted(self, action: str) -> bool:
         """Did the customer grant this extra permission (beyond the production role)?"""
         return action.lower() in {a.lower() for a in self.extra_permissions}
+
+    def grants_block(self, block: str) -> bool:
+        """Did the customer grant this optional block of the production role (e.g. "organizations")?"""
+        return block in self.optional_blocks
 
     def allows(self, action: str) -> bool:
         return "*" in self.allowed_actions or action.lower() in {a.lower() for a in self.allowed_actions}

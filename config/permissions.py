@@ -9,4 +9,12 @@ EXTRA_PERMISSIONS: dict[str, str] = {
         "tag each Reserved Instance bought with its plan id (commitd:plan-id), so that reconciliation after a lost "
         "answer finds it by tag instead of by offering attributes and start time"
     ),
+    "iam:PassRole": (
+        "let a spot fleet request (ec2:RequestSpotFleet) pass its IamFleetRole to EC2; without it, spot fleet "
+        "plans are refused before anything is requested (single spot instance requests need no role)"
+    ),
+    "es:PurchaseReservedInstanceOffering": (
+        "buy OpenSearch reserved instances through OpenSearch's newer API name; without it, plans naming that API "
+        "are refused, and the production role's es:PurchaseReservedElasticsearchInstanceOffering is used instead"
+    ),
 }

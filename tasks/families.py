@@ -58,6 +58,7 @@ EC2_HOST_RESERVATIONS = Family(
         "ec2:DescribeHostReservations",
         "ec2:GetHostReservationPurchasePreview",
     ),
+    optional_actions=("ec2:CreateTags",),
 )
 EC2_SCHEDULED_INSTANCES = Family(
     name="ec2_scheduled_instances",
@@ -150,6 +151,7 @@ ORG_TRANSFER = Family(
         "organizations:DescribeHandshake",
         "organizations:ListDelegatedAdministrators",
     ),
+    optional_block="organizations",
 )
 
 FAMILIES: tuple[Family, ...] = (

@@ -89,6 +89,16 @@ class Pending:
 
 
 @dataclass(frozen=True)
+class Failed:
+    """AWS finished the operation and it failed (a modification ``failed``, an account creation ``FAILED``, an
+    exchange that AWS reverted): the plan fails with AWS's own reason. Nothing is claimed."""
+
+    code: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Ambiguous:
     """Several candidates could be this plan's effect and cannot be told apart: a person decides at once."""
 
@@ -96,15 +106,20 @@ class Ambiguous:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-Reconciled = Found | Absent | Pending | Ambiguous
+Reconciled = Found | Absent | Pending | Ambiguous | Failed
 
 
 @dataclass(frozen=True)
 class Submitted:
-    """What ``submit`` returns: the result to record and the resources AWS says it created."""
+    """What ``submit`` returns: the result to record and the resources AWS says it created.
+
+    ``follow``: AWS accepted an asynchronous operation (a modification, an account creation) that is not done
+    yet. The executor records ``result`` as the plan's ``accepted`` answer (``PlanHandle.accepted``), and
+    follows the operation with ``reconcile`` (``Pending`` until it ends) instead of recording success now."""
 
     result: dict[str, Any]
     resource_ids: tuple[str, ...]
+    follow: str | None = None
 
 
 @dataclass(frozen=True)

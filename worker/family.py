@@ -21,6 +21,9 @@ class Family:
     read_actions: tuple[str, ...]
     # Beyond the production role: used only where the customer granted them (AccountConfig.extra_permissions).
     optional_actions: tuple[str, ...] = ()
+    # A block of the production role that a customer grants or not (AccountConfig.optional_blocks): plans of this
+    # family are refused for accounts that do not grant it.
+    optional_block: str | None = None
 
     @property
     def queue(self) -> str:

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 IAM_PREFIX = {"opensearch": "es"}
 
 
+def iam_action_name(service: str, operation: str) -> str:
+    """The IAM action a boto3 call needs. IAM names are case-insensitive: ``describe_reserved_db_instances`` gives
+    ``rds:DescribeReservedDbInstances``, which names rds:DescribeReservedDBInstances."""
+    api = "".join(part.capitalize() for part in operation.split("_"))
+    return f"{IAM_PREFIX.get(service, service)}:{api}"
+
+
 class SendGuard(Protocol):
     def before_send(self) -> None: ...
 
@@ -53,6 +60,9 @@ class PlanHandle:
         self._guard = guard
         self._claimed_elsewhere = claimed_elsewhere
         self.calls: list[str] = []
+        # What AWS answered when it accepted an asynchronous operation of this plan (``Submitted.follow``), kept
+        # in the plan's record so that a later run's ``reconcile`` can follow the operation by its id.
+        self.accepted: dict[str, Any] | None = None
         self.last_aws_time: datetime | None = None
         self.last_aws_time_seen_at: datetime | None = None
 
@@ -71,14 +81,9 @@ class PlanHandle:
         return self.last_aws_time + (self.now() - self.last_aws_time_seen_at)
 
     # --- calls ---------------------------------------------------------------------------------------------------
-    def _iam_name(self, service: str, operation: str) -> str:
-        # IAM action names are case-insensitive: DescribeReservedDbInstances names rds:DescribeReservedDBInstances.
-        api = "".join(part.capitalize() for part in operation.split("_"))
-        return f"{IAM_PREFIX.get(service, service)}:{api}"
-
     def _call(self, purpose: str, service: str | None, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         svc = service or self._action.service
-        self.calls.append(self._iam_name(svc, operation))
+        self.calls.append(iam_action_name(svc, operation))
         try:
             response: dict[str, Any] = self._sessions.call(
                 self.account, self.region, svc, self._action.family, purpose,  # type: ignore[arg-type]

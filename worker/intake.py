@@ -131,6 +131,10 @@ class Intake:
             raise Rejection(f"account_id: {envelope.account_id} is not a configured account")
         if not account.allows(action.action):
             raise Rejection(f"action: {action.action} is not allowed for account {envelope.account_id}")
+        block = action.family.optional_block
+        if block is not None and not account.grants_block(block):
+            raise Rejection(f"action: {action.action} is in the optional '{block}' block of the production role, "
+                            f"which account {envelope.account_id} does not grant (optional_blocks)")
         if envelope.region not in regions_for(action.service):
             raise Rejection(f"region: {envelope.region!r} is not a region where {action.service} exists")
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -29,6 +29,7 @@ from worker.actions import (
     Absent,
     Action,
     Ambiguous,
+    Failed,
     Found,
     Idempotency,
     Intent,
@@ -73,6 +74,7 @@ class SendBook(BaseModel):
     intent_aws_time: datetime | None = None
     worker_clock_skew_s: float | None = None
     lock_key: str | None = None
+    accepted: dict[str, Any] | None = None  # AWS's answer to an asynchronous operation it accepted (followed)
 
 
 @dataclass
@@ -184,6 +186,7 @@ class _Unsettled(Exception):
 def settle(run: PlanRun, resumed: bool) -> PlanRecord:
     """Send (at most once per plan) and reconcile until the outcome is known, within bounds."""
     settings = run.runtime.settings
+    run.handle.accepted = run.book.accepted
     must_reconcile = [resumed or run.book.sends > 0]
     if resumed and run.book.sending_holder:
         # The last holder stopped inside a send: it may still send until its lease plus the margin have passed,
@@ -242,7 +245,18 @@ def _round(run: PlanRun, must_reconcile: list[bool]) -> PlanRecord | None:
         return _nothing_more_sent(run, "DurabilityUnavailable", str(exc))
     except Exception as exc:
         return _send_failed(run, exc, must_reconcile)
+    if submitted.follow is not None:
+        return _follow(run, submitted)
     return record_success(run, submitted, "AWS accepted the call")
+
+
+def _follow(run: PlanRun, submitted: Submitted) -> NoReturn:
+    """AWS accepted an asynchronous operation: keep its answer, and look again later (``reconcile`` follows it
+    to its end; the worker never sleeps on it)."""
+    run.book.accepted = submitted.result
+    run.book.sending_holder = None
+    run.handle.accepted = submitted.result
+    raise run.wait(run.runtime.settings.reconcile_interval_seconds, f"AWS accepted; {submitted.follow}")
 
 
 def _reconcile(run: PlanRun) -> PlanRecord | None:
@@ -263,6 +277,10 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
             "code": "AmbiguousOutcome", "message": f"several {run.action.nouns.resource} could be this plan's: "
             f"{list(found.candidates)}; check AWS and settle with commitd plans resolve",
             "candidates": list(found.candidates)})
+    if isinstance(found, Failed):
+        run.release_lock()
+        return run.transition(PlanState.FAILED, f"AWS operation failed: {found.code}", error={
+            "code": found.code, "message": found.message, **({"details": found.evidence} if found.evidence else {})})
     if isinstance(found, Pending):
         raise run.wait(settings.reconcile_interval_seconds, f"AWS operation in progress: {found.reason}")
     assert isinstance(found, Absent)
@@ -317,6 +335,9 @@ def account_refusal(run: PlanRun) -> str | None:
     run.account = account
     if not account.allows(run.action.action):
         return f"{run.action.action} is no longer allowed for account {account.account_id}"
+    block = run.action.family.optional_block
+    if block is not None and not account.grants_block(block):
+        return f"account {account.account_id} no longer grants the optional '{block}' block"
     if account.read_only:
         return f"account {account.account_id} became read-only (a trial role)"
     commitment = run.intent.commitment_usd if run.intent is not None else None

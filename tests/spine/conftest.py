@@ -22,11 +22,14 @@ import redis
 from config.settings import Settings
 from sandbox.control import SandboxControl
 from sandbox.server import SandboxServer
+from tasks.families import FAMILIES
 from worker.runtime import Runtime, set_runtime
 
 ACCOUNT = "111122223333"
 TAGGING_ACCOUNT = "555566667777"  # granted the extra permission ec2:CreateTags
 RESTRICTED_ACCOUNT = "777788889999"  # allowed_actions excludes the RI purchase
+ORG_ACCOUNT = "222233334444"  # grants the optional organizations block (a management account)
+ORG_BUYER_ACCOUNT = "888899990000"  # grants it too: the buying organization's management account
 EXTERNAL_ID = "ext-id-for-tests-7f3a"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +110,22 @@ def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "name": "acme-tagging",
                         "role_arn": f"arn:aws:iam::{TAGGING_ACCOUNT}:role/commitd",
                         "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
-                        "extra_permissions": ["ec2:CreateTags"],
+                        "extra_permissions": ["ec2:CreateTags", "iam:PassRole",
+                                              "es:PurchaseReservedInstanceOffering"],
+                    },
+                    {
+                        "account_id": ORG_ACCOUNT,
+                        "name": "acme-management",
+                        "role_arn": f"arn:aws:iam::{ORG_ACCOUNT}:role/commitd",
+                        "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
+                        "optional_blocks": ["organizations"],
+                    },
+                    {
+                        "account_id": ORG_BUYER_ACCOUNT,
+                        "name": "buyer-management",
+                        "role_arn": f"arn:aws:iam::{ORG_BUYER_ACCOUNT}:role/commitd",
+                        "external_id_env": "COMMITD_TEST_EXTERNAL_ID",
+                        "optional_blocks": ["organizations"],
                     },
                     {
                         "account_id": RESTRICTED_ACCOUNT,
@@ -186,7 +204,7 @@ class WorkerProcess:
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-n", f"{name}@%h",
-             "-c", str(concurrency), "-P", "prefork", "-Q", "commitd.ec2_reserved_instances",
+             "-c", str(concurrency), "-P", "prefork", "-Q", ",".join(f.queue for f in FAMILIES),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
             cwd=ROOT,
             env={**os.environ, **env, **(extra_env or {})},

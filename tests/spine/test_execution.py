@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
@@ -12,26 +11,12 @@ from botocore.exceptions import ClientError
 from sandbox.control import SandboxControl
 from tasks import ACTIONS
 from tasks.families import EC2_RESERVED_INSTANCES
-from tests.production_role import ROLE, production_role_actions
+from tests.production_role import PRODUCTION_ROLE_POLICY, ROLE_READ_VERBS, ROLE_WRITES
 from tests.spine.conftest import ACCOUNT, EXTERNAL_ID, ri_plan
 from worker.aws import role_session_name
 from worker.execution import run_plan
 from worker.lease import Lease
 from worker.runtime import Runtime
-
-# The production role, from the project's copy of it (docs/production-role.md): its 27 write actions, and its
-# reads, which the document grants as wildcards (``List*``, ``Get*``, ``Describe*``) on the services of its table.
-ROLE_WRITES = production_role_actions()
-ROLE_SERVICES = sorted({action.split(":")[0] for action in ROLE_WRITES})
-ROLE_READ_VERBS = re.findall(r"`(\w+)\*`", re.search(r"^1\. \*\*Read\*\*:(.*?)^2\. ", ROLE.read_text(), re.M | re.S)[1])
-PRODUCTION_ROLE_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Effect": "Allow", "Action": [f"{service}:{verb}*" for service in ROLE_SERVICES for verb in ROLE_READ_VERBS],
-         "Resource": "*"},
-        {"Effect": "Allow", "Action": ROLE_WRITES, "Resource": "*"},
-    ],
-}
 
 
 def record_plan(intake: Any, plan: dict[str, Any]) -> None:
