@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -22,14 +23,15 @@ from pydantic import ValidationError
 
 from config.accounts import AccountLimits
 from worker.actions import Action
-from worker.ledger import IN_FLIGHT_STATES, ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
+from worker.ledger import SWEPT_STATES, ConcurrentUpdate, InvalidTransition, PlanExists, PlanRecord
 from worker.logs import get_logger
-from worker.plans import PLAN_ID_PATTERN, PlanEnvelope, PlanState, describe_validation_error, regions_for
+from worker.plans import PLAN_ID_CHARS, PlanEnvelope, PlanState, describe_validation_error, regions_for
 from worker.runtime import Runtime
 
 log = get_logger("commitd.intake")
 GROUP = "commitd-intake"
-_PLAN_ID = __import__("re").compile(PLAN_ID_PATTERN)
+# A plan id named in text that could not be parsed (too large, or broken further on).
+_PLAN_ID_IN_TEXT = re.compile(r'"plan_id"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,44 @@ def _now() -> datetime:
 
 def _clip(text: str, limit: int) -> str:
     """At most ``limit`` bytes of ``text`` in UTF-8 (the plan size limit counts bytes, not characters)."""
-    return text.encode()[:limit].decode("utf-8", "ignore")
+    return _stored(text).encode()[:limit].decode("utf-8", "ignore")
+
+
+def _stored(text: str) -> str:
+    """Text as it can be stored: a lone surrogate (not encodable in UTF-8) kept visible as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _check_utf8(raw: bytes) -> None:
+    """Bytes that are not UTF-8 are refused, never decoded with replacement characters (that would change the
+    plan's text silently)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection(f"plan is not valid UTF-8 (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); "
+                        "send UTF-8 text") from None
+
+
+def _unencodable_string(value: Any) -> str | None:
+    """Where a parsed plan holds a string (or key) with a lone surrogate, which no UTF-8 store can keep: the
+    field's path, or None. Iterative: the value may nest deeper than Python's recursion."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "plan"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = _stored(str(key))
+                if name != key:
+                    return f"{path}.{name}".lstrip(".")
+                stack.append((child, f"{path}.{key}".lstrip(".")))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 MAX_STORED_DEPTH = 64
@@ -71,6 +110,13 @@ def _nesting(value: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def _field_text(value: Any) -> str:
+    """A stream field as text that can be stored: bytes that are not UTF-8 kept visible as ``\\xNN``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return _stored(str(value))
 
 
 def _json_type(value: Any) -> str:
@@ -100,12 +146,17 @@ class Intake:
     # --- one plan --------------------------------------------------------------------------------------------
     def submit_raw(self, raw: str | bytes, source: str, entry_id: str | None = None) -> IntakeResult:
         """Record one plan given as JSON text. Never raises for bad input: bad input becomes a rejection."""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         limit = self.runtime.settings.max_plan_bytes
         data: Any = None
+        oversized = False
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
         try:
-            if len(text.encode()) > limit:
-                raise Rejection(f"plan is {len(text.encode())} bytes; the limit is {limit} (COMMITD_MAX_PLAN_BYTES)")
+            if isinstance(raw, bytes):
+                _check_utf8(raw)
+            size = len(_stored(text).encode())
+            if size > limit:
+                oversized = True
+                raise Rejection(f"plan is {size} bytes; the limit is {limit} (COMMITD_MAX_PLAN_BYTES)")
             try:
                 data = json.loads(text)
             except ValueError as exc:
@@ -116,10 +167,15 @@ class Intake:
                 raise Rejection(f"a plan is a JSON object, not {_json_type(data)}")
             return self.submit(data, source)
         except Rejection as rejection:
-            plan_id = self._rejected_id(data, text, entry_id)
-            return self._reject(plan_id, data if isinstance(data, dict) else None, text, rejection.reason, source)
+            plan_id = self._rejected_id(data, text, entry_id, oversized)
+            keep = data if isinstance(data, dict) and _unencodable_string(data) is None else None
+            return self._reject(plan_id, keep, _stored(text), rejection.reason, source)
 
     def submit(self, data: dict[str, Any], source: str) -> IntakeResult:
+        bad = _unencodable_string(data)
+        if bad is not None:
+            raise Rejection(f"{bad}: contains a lone UTF-16 surrogate (text cut through a character, e.g. an "
+                            "emoji); send valid Unicode")
         try:
             envelope = PlanEnvelope.model_validate(data)
         except ValidationError as exc:
@@ -238,12 +294,16 @@ class Intake:
         return IntakeResult(existing.plan_id, existing.state.value, "conflict", reason)
 
     # --- rejections ----------------------------------------------------------------------------------------
-    def _rejected_id(self, data: Any, text: str, entry_id: str | None) -> str:
-        if isinstance(data, dict):
-            candidate = data.get("plan_id")
-            if isinstance(candidate, str) and _PLAN_ID.match(candidate):
-                return candidate
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    def _rejected_id(self, data: Any, text: str, entry_id: str | None, oversized: bool = False) -> str:
+        """The plan's own id when it has a valid one (for a plan too large to parse, when its text names exactly
+        one), else ``rejected-<stream entry id, '-' as '.'>`` or ``rejected-<16 hex>``."""
+        candidate = data.get("plan_id") if isinstance(data, dict) else None
+        if oversized:
+            named = _PLAN_ID_IN_TEXT.findall(text)
+            candidate = named[0] if len(named) == 1 else None
+        if isinstance(candidate, str) and PLAN_ID_CHARS.fullmatch(candidate):
+            return candidate
+        digest = hashlib.sha256(_stored(text).encode()).hexdigest()[:16]
         return f"rejected-{entry_id.replace('-', '.') if entry_id else digest}"
 
     def _reject(self, plan_id: str, data: dict[str, Any] | None, text: str, reason: str, source: str) -> IntakeResult:
@@ -317,24 +377,39 @@ class Intake:
         for entries in batches:
             for entry_id, fields in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                raw = fields.get(b"plan", fields.get("plan"))
-                if raw is None:
-                    raw = json.dumps({k.decode() if isinstance(k, bytes) else k: v.decode()
-                                      if isinstance(v, bytes) else v for k, v in fields.items()})
-                    result = self._reject(self._rejected_id(None, raw, eid), None, raw,
-                                          "stream entry has no 'plan' field", f"stream {eid}")
-                else:
-                    result = self.submit_raw(raw, f"stream {eid}", eid)
+                try:
+                    result = self._consume_entry(eid, fields)
+                except redis.RedisError as exc:
+                    # Redis, not the entry: leave it pending (claimed again later) and go on with the others.
+                    log.error("intake_entry_redis_error", entry_id=eid, error=str(exc))
+                    continue
+                except Exception as exc:  # caused by the entry's content: it ends rejected, never stalls the rest
+                    result = self._unprocessable(eid, fields, exc)
                 self.redis.xack(self.stream, GROUP, eid)
                 log.info("intake_entry", entry_id=eid, plan_id=result.plan_id, outcome=result.outcome,
                          state=result.state)
                 handled += 1
         return handled
 
+    def _consume_entry(self, eid: str, fields: dict[Any, Any]) -> IntakeResult:
+        raw = fields.get(b"plan", fields.get("plan"))
+        if raw is None:
+            text = json.dumps({_field_text(k): _field_text(v) for k, v in fields.items()})
+            return self._reject(self._rejected_id(None, text, eid), None, text, "stream entry has no 'plan' field",
+                                f"stream {eid}")
+        return self.submit_raw(raw, f"stream {eid}", eid)
+
+    def _unprocessable(self, eid: str, fields: dict[Any, Any], exc: Exception) -> IntakeResult:
+        """An entry whose content made the intake fail unexpectedly: reject it with what can be stored safely."""
+        log.exception("intake_entry_failed", entry_id=eid, error=type(exc).__name__)
+        reason = f"the intake could not process this entry ({type(exc).__name__}); it was not carried out"
+        text = json.dumps({_field_text(k): _field_text(v) for k, v in fields.items()})
+        return self._reject(f"rejected-{eid.replace('-', '.')}", None, text, reason, f"stream {eid}")
+
     # --- the sweeper -----------------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
         """Move due scheduled plans to the queue and re-send plans whose worker vanished."""
-        counts = {"due": 0, "resent": 0, "routed": 0, "checks": self._resend_overdue_checks()}
+        counts = {"due": 0, "resent": 0, "routed": 0, "rescheduled": 0, "checks": self._resend_overdue_checks()}
         now = _now()
         for raw in self.redis.zrangebyscore(self.scheduled, 0, now.timestamp()):
             plan_id = raw.decode() if isinstance(raw, bytes) else raw
@@ -356,7 +431,16 @@ class Intake:
         # Only the plans idle for at least the shorter threshold are read (an index, not a scan of every plan).
         for plan_id in self.ledger.idle_in_flight(min(stalled_after, lease_seconds)):
             record = self.ledger.get(plan_id)
-            if record is None or record.state not in IN_FLIGHT_STATES:
+            if record is None or record.state not in SWEPT_STATES:
+                continue
+            if record.state == PlanState.SCHEDULED:
+                # Due a while ago and still scheduled: its entry in the schedule was lost (the write after the
+                # transition failed). Put it back; the loop above moves it on the next sweep.
+                if self.redis.zscore(self.scheduled, plan_id) is None:
+                    due = PlanEnvelope.model_validate(record.plan).not_before
+                    self.redis.zadd(self.scheduled, {plan_id: due.timestamp() if due else now.timestamp()})
+                    log.warning("scheduled_plan_rescheduled", plan_id=plan_id)
+                    counts["rescheduled"] += 1
                 continue
             idle = (now - record.updated_at).total_seconds()
             threshold = stalled_after if record.state in (PlanState.RECEIVED, PlanState.QUEUED) else lease_seconds

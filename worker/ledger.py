@@ -21,6 +21,21 @@ from worker.audit import AuditLog, prepare
 from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
 
 IN_FLIGHT_STATES = frozenset({PlanState.RECEIVED, PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
+# Every state a plan leaves by itself: the sweeper's index holds all of them, so a plan whose next step was lost
+# (a task message, or a scheduled plan's entry in the schedule) is found again.
+SWEPT_STATES = IN_FLIGHT_STATES | {PlanState.SCHEDULED}
+
+
+def _sweep_score(record: PlanRecord) -> str:
+    """When the sweeper should first look at the plan: its last change, or for a scheduled plan, when it is due
+    (until then it needs nothing). Empty: the plan leaves the index."""
+    if record.state not in SWEPT_STATES:
+        return ""
+    at = record.updated_at.timestamp()
+    not_before = (record.plan or {}).get("not_before")
+    if record.state == PlanState.SCHEDULED and isinstance(not_before, str):
+        at = max(at, datetime.fromisoformat(not_before).timestamp())
+    return str(at)
 
 _WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
@@ -171,7 +186,7 @@ class Ledger:
                     entry.data_json,
                     entry.hash,
                     new.received_at.timestamp(),
-                    str(new.updated_at.timestamp()) if new.state in IN_FLIGHT_STATES else "",
+                    _sweep_score(new),
                 ],
             )
             ok, detail = reply[0], reply[1]

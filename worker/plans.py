@@ -23,6 +23,10 @@ from pydantic import (
 )
 
 PLAN_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# The same, for Python's ``re.fullmatch`` (in Python, ``$`` also matches before a final newline).
+PLAN_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Versions of the envelope this build accepts. A producer that sends none means 1.
+ACCEPTED_VERSIONS: tuple[int, ...] = (1,)
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 DECIMAL = re.compile(r"^\d{1,14}(\.\d{1,4})?$")
 
@@ -127,6 +131,7 @@ class PlanEnvelope(BaseModel):
 
     model_config = STRICT
 
+    version: Annotated[int, NotBoolean] = Field(1, description="the envelope's contract version (default 1)")
     plan_id: str = Field(pattern=PLAN_ID_PATTERN, description="unique id; the idempotency key of the plan")
     action: str = Field(description="IAM action name, e.g. ec2:PurchaseReservedInstancesOffering")
     account_id: str = Field(pattern=r"^\d{12}$", description="a registered customer account")
@@ -138,6 +143,14 @@ class PlanEnvelope(BaseModel):
     expires_at: Rfc3339Time | None = None
     dry_run: bool = False
     notes: str | None = Field(None, max_length=4096)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in ACCEPTED_VERSIONS:
+            accepted = ", ".join(str(v) for v in ACCEPTED_VERSIONS)
+            raise ValueError(f"version {value} is not one this build accepts (accepted: {accepted})")
+        return value
 
     @field_validator("requested_by")
     @classmethod
@@ -154,7 +167,10 @@ class PlanEnvelope(BaseModel):
 
     def canonical(self) -> str:
         """The plan's content as stable JSON, for detecting a resubmission with different content."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # Version 1 is canonicalised without its number, as it was before the field existed: a plan recorded then
+        # and sent again now (with or without "version": 1) is the same plan, not a conflict.
+        data = self.model_dump(mode="json", exclude={"version"} if self.version == 1 else None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -225,8 +225,6 @@ INVALID: list[tuple[str, Any, tuple[str, ...]]] = [
     ("plan-id-empty", _with(""), ("plan_id:",)),
     ("unknown-action", _with("ua-1", action="ec2:BuyEverything"),
      ("action:", "ec2:BuyEverything", "not one of the IAM write actions")),
-    ("not-supported-yet", _with("ns-1", action="rds:PurchaseReservedDbInstancesOffering"),
-     ("action: rds:PurchaseReservedDbInstancesOffering", "not supported by this commitd yet")),
     ("account-not-12-digits", _with("acc-1", account_id="1234"), ("account_id:",)),
     ("unknown-account", _with("acc-2", account_id="999999999999"),
      ("account_id: 999999999999 is not a configured account",)),
@@ -486,7 +484,7 @@ def test_binary_garbage_in_the_stream_is_rejected(runtime: Runtime, intake: Any)
     assert pending(runtime) == 0
     record = runtime.ledger.get(f"rejected-{entry.replace('-', '.')}")
     assert record is not None and record.state.value == "rejected"
-    assert record.error["message"].startswith("not valid JSON")
+    assert record.error["message"] == "plan is not valid UTF-8 (byte 0 is b'\\xff'); send UTF-8 text"
 
 
 def race(runtime: Runtime, text: str, n: int = 6) -> list[Any]:
