@@ -17,6 +17,9 @@ SECRET_KEYS = re.compile(
 # Keys that match SECRET_KEYS but carry no secret: idempotency tokens are derived from plan ids on purpose.
 NOT_SECRET = {"client_token", "clienttoken", "idempotency_token", "token_kind"}
 REDACTED = "[redacted]"
+# Standard-library loggers of the AWS and HTTP stack. At DEBUG, botocore prints request and response bodies: the
+# ExternalId sent to AssumeRole, the credentials it returns, signed headers. No level of commitd's shows them.
+CHATTY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 
 
 def redact(value: Any, key: str | None = None) -> Any:
@@ -37,6 +40,8 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=getattr(logging, level.upper(), 20))
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper(), 20)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

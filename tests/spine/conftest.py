@@ -199,13 +199,13 @@ def runtime(env: dict[str, str], redis_server: RedisServer, sandbox: SandboxCont
 
 class WorkerProcess:
     def __init__(self, env: dict[str, str], name: str, concurrency: int = 1,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, log_level: str = "INFO") -> None:
         self.log = Path(tempfile.mkstemp(prefix=f"commitd-worker-{name}-", suffix=".log")[1])
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-n", f"{name}@%h",
              "-c", str(concurrency), "-P", "prefork", "-Q", ",".join(f.queue for f in FAMILIES),
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", log_level],
             cwd=ROOT,
             env={**os.environ, **env, **(extra_env or {})},
             stdout=self._log_file,
@@ -241,8 +241,8 @@ class WorkerProcess:
 def start_worker(env: dict[str, str], runtime: Runtime) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1", concurrency: int = 1, **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess(env, name, concurrency, extra_env)
+    def start(name: str = "w1", concurrency: int = 1, log_level: str = "INFO", **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(env, name, concurrency, extra_env, log_level)
         started.append(worker)
         return worker
 
