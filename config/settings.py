@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COMMITD_", extra="forbid", frozen=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the ledger, intake, audit, broker")
+    redis_socket_timeout: float = Field(
+        5.0, gt=0, description="seconds a Redis command may wait for its reply: a half-open connection fails instead "
+        "of hanging a lease's heartbeat"
+    )
+    redis_connect_timeout: float = Field(2.0, gt=0, description="seconds to open a Redis connection")
+    redis_health_check_interval: int = Field(
+        10, ge=0, description="a Redis connection idle this long is checked with PING before it is used"
+    )
     key_prefix: str = Field("commitd:", description="prefix of every Redis key and stream")
     accounts_file: Path | None = Field(None, description="JSON file: the customer accounts and their roles")
     aws_endpoint_url: str | None = Field(
@@ -71,6 +79,11 @@ class Settings(BaseSettings):
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
     client_cache_size: int = Field(128, ge=1, description="boto3 clients kept (LRU); an EC2 client holds about 1.4 MB")
+
+    def redis_options(self) -> dict[str, Any]:
+        """Timeouts and health checks every Redis connection of commitd's uses (redis-py and Celery's broker)."""
+        return {"socket_timeout": self.redis_socket_timeout, "socket_connect_timeout": self.redis_connect_timeout,
+                "health_check_interval": self.redis_health_check_interval, "socket_keepalive": True}
 
     @property
     def send_window(self) -> float:

@@ -40,6 +40,7 @@ def configure(celery: Celery, settings: Settings) -> None:
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "global_keyprefix": f"{settings.key_prefix}celery:",
+            **settings.redis_options(),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

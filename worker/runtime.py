@@ -29,7 +29,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+        return redis.Redis.from_url(self.settings.redis_url, **self.settings.redis_options())
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -52,7 +52,8 @@ class Runtime:
     @cached_property
     def send_record_redis(self) -> Redis:
         """One connection for a send record and the wait for its durability (WAIT counts this connection's writes)."""
-        return redis.Redis.from_url(self.settings.redis_url, single_connection_client=True)
+        return redis.Redis.from_url(self.settings.redis_url, single_connection_client=True,
+                                    **self.settings.redis_options())
 
     @cached_property
     def send_record_durability(self) -> SendRecordDurability:
