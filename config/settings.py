@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +30,22 @@ class ConfigurationError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COMMITD_", extra="forbid", frozen=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the ledger, intake, audit, broker")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for the ledger, intake, audit, broker: redis://, rediss:// "
+        "(TLS), unix://, or sentinel://[user:password@]host1:26379,host2:26379/<master name>[/<db>] (sentinels:// "
+        "with TLS); the URL's credentials are the data nodes'"
+    )
+    redis_tls_ca_file: FilePath | None = Field(
+        None, description="rediss:// or sentinels://: the CA certificates that sign the servers' (default: the "
+        "system's); a server certificate is always verified"
+    )
+    redis_tls_cert_file: FilePath | None = Field(None, description="client certificate, for tls-auth-clients")
+    redis_tls_key_file: FilePath | None = Field(None, description="the client certificate's private key")
+    redis_tls_check_hostname: bool = Field(True, description="the server's certificate must name the host dialled")
+    redis_sentinel_username: str | None = Field(None, description="the sentinels' own ACL user, if they have one")
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="the sentinels' own password (their requirepass), if they have one"
+    )
     redis_socket_timeout: float = Field(
         5.0, gt=0, description="seconds a Redis command may wait for its reply: a half-open connection fails instead "
         "of hanging a lease's heartbeat"
@@ -64,6 +81,10 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         5.0, gt=0, description="between the spread-out reconciling reads of a plan whose outcome is not known yet"
     )
+    max_pending_seconds: float = Field(
+        86_400.0, gt=0, description="an asynchronous AWS operation (a modification, an account creation) still in "
+        "progress after this long puts its plan in needs_attention instead of following it forever"
+    )
     send_record_durability: Literal["auto", "waitaof", "replicas", "fsync_always", "none"] = Field(
         "auto", description="how a send record is made durable before a call without a token: auto picks WAITAOF "
         "(Redis 7.2+ with AOF), WAIT on replicas, or appendfsync always, and refuses to send without any of them; "
@@ -85,6 +106,11 @@ class Settings(BaseSettings):
         return {"socket_timeout": self.redis_socket_timeout, "socket_connect_timeout": self.redis_connect_timeout,
                 "health_check_interval": self.redis_health_check_interval, "socket_keepalive": True}
 
+    def redis_target(self) -> RedisTarget:
+        """``redis_url`` parsed: a plain URL for redis-py, or the sentinels and the master's name
+        (``worker.redis_connect`` builds every client of commitd's from it)."""
+        return parse_redis_url(self.redis_url)
+
     @property
     def send_window(self) -> float:
         """Longest a send may take to reach AWS once started: the write client's timeouts plus the margin."""
@@ -97,6 +123,29 @@ class Settings(BaseSettings):
                 f"lease_seconds ({self.lease_seconds}) must exceed write_connect_timeout + write_read_timeout + "
                 f"send_margin_seconds ({self.send_window}): otherwise no send could ever start"
             )
+        return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parse_redis_url(value)  # its errors never repeat the URL (it may hold a password)
+        return value
+
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Settings:
+        target = self.redis_target()
+        given = [name for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+                 if getattr(self, name) is not None]
+        if given and not target.tls:
+            raise ValueError(
+                f"{', '.join('COMMITD_' + n.upper() for n in given)} set, but COMMITD_REDIS_URL is not a TLS URL "
+                "(rediss:// or sentinels://): commitd would connect without TLS"
+            )
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("COMMITD_REDIS_TLS_CERT_FILE and COMMITD_REDIS_TLS_KEY_FILE go together")
+        if (self.redis_sentinel_password or self.redis_sentinel_username) and not target.sentinels:
+            raise ValueError("COMMITD_REDIS_SENTINEL_USERNAME/PASSWORD set, but COMMITD_REDIS_URL is not a "
+                             "sentinel URL")
         return self
 
     @field_validator("key_prefix")
@@ -128,6 +177,8 @@ class Settings(BaseSettings):
         """The effective configuration for display: credentials in URLs are masked."""
         data = self.model_dump(mode="json")
         data["redis_url"] = mask_url(self.redis_url)
+        if self.redis_sentinel_password is not None:
+            data["redis_sentinel_password"] = "***"
         if self.aws_endpoint_url:
             data["aws_endpoint_url"] = mask_url(self.aws_endpoint_url)
         return data
@@ -139,20 +190,75 @@ SECRET_QUERY_KEYS = re.compile(r"(password|passwd|secret|token|credential|key)",
 
 def mask_url(url: str) -> str:
     """Mask credentials in the netloc and in the query (redis-py also reads ``?password=``)."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        parts = parts._replace(netloc=f"***@{host}")
+    # The netloc split by hand: a sentinel URL lists several hosts, which urlsplit's port parsing refuses.
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if userinfo:
+        parts = parts._replace(netloc=f"***@{hosts}")
     if parts.query:
         query = parse_qsl(parts.query, keep_blank_values=True)
         if any(SECRET_QUERY_KEYS.search(k) for k, _ in query):
             masked = [(k, "***" if SECRET_QUERY_KEYS.search(k) else v) for k, v in query]
             parts = parts._replace(query=urlencode(masked, safe="*"))
     return urlunsplit(parts)
+
+
+PLAIN_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("sentinel", "sentinels")
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where commitd's Redis is. ``url`` for a single server (redis-py parses it); else the sentinels, the name of
+    the master they watch, and the master's credentials and database."""
+
+    tls: bool
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse ``COMMITD_REDIS_URL``. Errors say what is wrong, never the URL itself (it may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in PLAIN_SCHEMES + SENTINEL_SCHEMES:
+        raise ValueError("must start with redis://, rediss://, unix://, sentinel:// or sentinels://")
+    if scheme in PLAIN_SCHEMES:
+        return RedisTarget(tls=scheme == "rediss", url=url)
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError("a sentinel URL takes no query: TLS and timeouts have settings of their own (COMMITD_REDIS_*)")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, (unquote(secret) if colon else None)
+    sentinels = tuple(_host_port(h) for h in hostlist.split(","))
+    path = [p for p in parts.path.split("/") if p]
+    if not 1 <= len(path) <= 2:
+        raise ValueError("a sentinel URL names the master after the hosts: sentinel://host:26379/<master name>[/<db>]")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError("the database after the master's name must be a number")
+    return RedisTarget(tls=scheme == "sentinels", sentinels=sentinels, master_name=unquote(path[0]),
+                       db=int(path[1]) if len(path) == 2 else 0, username=username, password=password)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.partition(":")
+    if not host or (port and not port.isdigit()) or not 0 < int(port or SENTINEL_PORT) < 65536:
+        raise ValueError("each sentinel is host[:port], comma-separated (an empty host or a bad port here)")
+    return host, int(port or SENTINEL_PORT)
 
 
 def load_settings(**overrides: Any) -> Settings:

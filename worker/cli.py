@@ -227,6 +227,126 @@ def plans_purge(older_than_days: float, states: tuple[str, ...], yes: bool) -> N
         raise click.ClickException(str(exc)) from None
 
 
+# --- organization sub-account transfer -----------------------------------------------------------------------
+# Exit codes of start and resume: 0 invited (or, with --no-wait, carried on as far as it goes now), 1 stopped or
+# refused, 3 still in progress when --timeout ran out (run resume or status later).
+TRANSFER_STILL_RUNNING = 3
+
+
+@main.group()
+def transfer() -> None:
+    """Move an account between organizations: create it (optional), remove it from the source organization,
+    invite it into the buying one (docs/actions/org-transfer.md)."""
+
+
+def _print_transfer(view: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(view.model_dump(mode="json"), indent=2))
+        return
+    where = f" at {view.step}" if view.step else ""
+    click.echo(f"transfer {view.transfer_id}: {view.phase}{where}\taccount {view.account_id or '-'}")
+    for step in view.steps:
+        if step.error and step.state != "succeeded":
+            detail = f"{step.error.get('code')}: {step.error.get('message')}"
+        elif step.result:
+            detail = json.dumps({k: v for k, v in step.result.items()
+                                 if k in ("account_id", "handshake_id", "handshake_state", "removed")}, sort_keys=True)
+        else:
+            detail = "-"
+        click.echo(f"{step.name}\t{step.state}\t{step.plan_id or '-'}\t{step.account_id}\t{detail}")
+    if view.reason:
+        click.echo(f"stopped: {view.reason}")
+    click.echo(view.message)
+
+
+def _finish_transfer(runtime: Any, intake: Any, view: Any, wait: bool, timeout: float, as_json: bool) -> None:
+    from worker.transfer import follow
+
+    if wait:
+        view = _transfer_call(lambda: follow(runtime, intake, view.transfer_id, timeout, first=view))
+    _print_transfer(view, as_json)
+    if view.phase == "stopped":
+        sys.exit(1)
+    if wait and view.phase == "in_progress":
+        sys.exit(TRANSFER_STILL_RUNNING)
+
+
+def _transfer_call(call: Any, *args: Any) -> Any:
+    from worker.transfer import TransferError
+
+    try:
+        return call(*args)
+    except TransferError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@transfer.command("start")
+@click.argument("transfer_id")
+@click.option("--from", "source", required=True, help="management account of the source organization")
+@click.option("--to", "buyer", required=True, help="management account of the buying organization")
+@click.option("--account-id", default=None, help="move this existing member account of the source organization")
+@click.option("--email", default=None, help="create the account to move, with this root email")
+@click.option("--account-name", default=None, help="with --email: the new account's name")
+@click.option("--role-name", default=None, help="with --email: the role AWS creates in the new account")
+@click.option("--iam-user-access-to-billing", type=click.Choice(["ALLOW", "DENY"]), default=None)
+@click.option("--notes", default=None, help="sent with the invitation")
+@click.option("--requested-by", required=True, help="who asked for the transfer (kept in every step's plan)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="follow the transfer until it stops")
+@click.option("--timeout", default=3600.0, show_default=True, type=float, help="seconds to follow it, with --wait")
+@click.option("--json", "as_json", is_flag=True)
+def transfer_start(transfer_id: str, source: str, buyer: str, account_id: str | None, email: str | None,
+                   account_name: str | None, role_name: str | None, iam_user_access_to_billing: str | None,
+                   notes: str | None, requested_by: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Start transfer TRANSFER_ID (the same command again carries the same transfer on)."""
+    from pydantic import ValidationError
+
+    from worker.plans import describe_validation_error
+    from worker.transfer import TransferSpec, start
+
+    new_account = None
+    if email is not None or account_name is not None:
+        new_account = {"email": email, "account_name": account_name, "role_name": role_name,
+                       "iam_user_access_to_billing": iam_user_access_to_billing}
+        new_account = {k: v for k, v in new_account.items() if v is not None}
+    try:
+        spec = TransferSpec.model_validate({
+            "transfer_id": transfer_id, "source_account_id": source, "buyer_account_id": buyer,
+            "account_id": account_id, "new_account": new_account, "notes": notes, "requested_by": requested_by})
+    except ValidationError as exc:
+        raise click.ClickException(describe_validation_error(exc)) from None
+    runtime = _runtime()
+    intake = _intake(runtime)
+    view = _transfer_call(start, runtime, intake, spec)
+    _finish_transfer(runtime, intake, view, wait, timeout, as_json)
+
+
+@transfer.command("status")
+@click.argument("transfer_id")
+@click.option("--json", "as_json", is_flag=True)
+def transfer_status(transfer_id: str, as_json: bool) -> None:
+    """Where transfer TRANSFER_ID is, step by step (changes nothing)."""
+    from worker.transfer import status
+
+    runtime = _runtime()
+    _print_transfer(_transfer_call(status, runtime, transfer_id), as_json)
+
+
+@transfer.command("resume")
+@click.argument("transfer_id")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="follow the transfer until it stops")
+@click.option("--timeout", default=3600.0, show_default=True, type=float, help="seconds to follow it, with --wait")
+@click.option("--json", "as_json", is_flag=True)
+def transfer_resume(transfer_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Carry transfer TRANSFER_ID on from where it stopped (a failed step is tried again as a new plan; finished
+    steps are never repeated)."""
+    from worker.transfer import resume
+
+    runtime = _runtime()
+    intake = _intake(runtime)
+    view = _transfer_call(resume, runtime, intake, transfer_id)
+    _finish_transfer(runtime, intake, view, wait, timeout, as_json)
+
+
 # --- audit ---------------------------------------------------------------------------------------------------
 @main.group()
 def audit() -> None:

@@ -75,8 +75,13 @@ def classify(exc: BaseException) -> Outcome:
 def describe(exc: BaseException) -> dict[str, str]:
     """An error for the ledger: its code and a message, with nothing secret in it."""
     code = error_code(exc)
+    described: dict[str, str] = {}
     if isinstance(exc, ClientError):
         message = str(exc.response.get("Error", {}).get("Message", ""))
+        # Organizations gives the precise cause beside the code (WAIT_PERIOD_ACTIVE, EMAIL_ALREADY_EXISTS, ...).
+        reason = exc.response.get("Reason") or exc.response.get("Error", {}).get("Reason")
+        if reason:
+            described["reason"] = str(reason)[:200]
     else:
         message = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return {"code": code or type(exc).__name__, "message": message[:1000]}
+    return {"code": code or type(exc).__name__, "message": message[:1000], **described}

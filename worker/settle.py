@@ -75,6 +75,7 @@ class SendBook(BaseModel):
     worker_clock_skew_s: float | None = None
     lock_key: str | None = None
     accepted: dict[str, Any] | None = None  # AWS's answer to an asynchronous operation it accepted (followed)
+    pending_since_ms: int | None = None  # when reconciliation first found the AWS operation still in progress
 
 
 @dataclass
@@ -270,6 +271,9 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
         log.warning("reconcile_failed", plan_id=run.plan_id, error=run.last_error)
         return None
     if isinstance(found, Found):
+        if run.book.accepted is not None:  # an operation AWS accepted, followed to its end: not a lost answer
+            return record_success(run, Submitted({**found.result, "followed": True}, found.resource_ids),
+                                  "AWS completed the operation")
         return record_success(run, Submitted(found.result, found.resource_ids), "found by reconciliation",
                               reconciled=True)
     if isinstance(found, Ambiguous):
@@ -282,6 +286,14 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
         return run.transition(PlanState.FAILED, f"AWS operation failed: {found.code}", error={
             "code": found.code, "message": found.message, **({"details": found.evidence} if found.evidence else {})})
     if isinstance(found, Pending):
+        now = run.now_ms()
+        run.book.pending_since_ms = run.book.pending_since_ms or now
+        waited = (now - run.book.pending_since_ms) / 1000
+        if waited > settings.max_pending_seconds:
+            return needs_attention(run, "AWS operation still in progress", {
+                "code": "OperationStillPending", "message": f"AWS's operation has been in progress for "
+                f"{waited:.0f} s (COMMITD_MAX_PENDING_SECONDS {settings.max_pending_seconds:.0f}): {found.reason}; "
+                "check it in AWS and settle this plan with commitd plans resolve", "evidence": found.evidence})
         raise run.wait(settings.reconcile_interval_seconds, f"AWS operation in progress: {found.reason}")
     assert isinstance(found, Absent)
     absent_after = absence_conclusive_after_ms(run)

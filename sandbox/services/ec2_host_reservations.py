@@ -3,6 +3,9 @@
 Dedicated hosts themselves stay moto's (AllocateHosts, DescribeHosts, ReleaseHosts); this module reads them
 from moto's EC2 backend in-process, and on purchase writes the reservation id onto moto's host object so that
 moto's DescribeHosts shows ``HostReservationId`` as AWS does. moto has no host reservations at all.
+
+The seed kind ``ec2:dedicated-host`` allocates hosts a customer already holds, optionally with fixed ids (moto
+draws random ones), so that example plans can name them.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sandbox.catalogue import stable_uuid
+from sandbox.catalogue import Catalogue, stable_uuid
 from sandbox.errors import AwsError
-from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup
+from sandbox.registry import CallContext, catalogue_section, handles, on_state_setup, seeder
 from sandbox.services._common import (
     YEAR_SECONDS,
     apply_ec2_filters,
@@ -267,6 +270,38 @@ def purchase_host_reservation(ctx: CallContext, params: dict[str, Any]) -> dict[
 
     with ctx.state.lock:
         return ctx.state.idempotent(ctx.scope, token, params, create)
+
+
+# --- seeded hosts -----------------------------------------------------------------------------------------
+@seeder("ec2:dedicated-host")
+def seed_dedicated_hosts(state: SandboxState, catalogue: Catalogue, entry: dict[str, Any]) -> None:
+    """``{"kind": "ec2:dedicated-host", "account_id", "region", "availability_zone", "instance_family"? (or
+    "instance_type"), "quantity"?: 1, "host_ids"?: ["h-<17 hex>", ...], "tags"?: {key: value}}``: Dedicated
+    Hosts in moto's backend, as AllocateHosts makes them, with the given ids when ``host_ids`` is set."""
+    from moto.ec2.models import ec2_backends
+
+    family, instance_type = entry.get("instance_family"), entry.get("instance_type")
+    if bool(family) == bool(instance_type):
+        raise ValueError("a dedicated host needs instance_family or instance_type (one of them)")
+    wanted_ids = list(entry.get("host_ids") or [])
+    quantity = int(entry.get("quantity", len(wanted_ids) or 1))
+    if wanted_ids and len(wanted_ids) != quantity:
+        raise ValueError("host_ids must name exactly quantity hosts")
+    for host_id in wanted_ids:
+        if not _HOST_ID.match(host_id):
+            raise ValueError(f"host id {host_id!r} is not h- followed by 8 or 17 hex digits")
+    backend: Any = ec2_backends[entry["account_id"]][entry["region"]]
+    taken = [h for h in wanted_ids if h in backend.hosts]
+    if taken:
+        raise ValueError(f"hosts {taken} already exist")
+    allocated = backend.allocate_hosts(quantity, "off", entry["availability_zone"], instance_type, family, "on", {})
+    for index, host_id in enumerate(allocated):
+        host = backend.hosts.pop(host_id)
+        if wanted_ids:
+            host.id = wanted_ids[index]
+        backend.hosts[host.id] = host
+        if entry.get("tags"):
+            host.add_tags(dict(entry["tags"]))
 
 
 # --- DescribeHostReservations -----------------------------------------------------------------------------

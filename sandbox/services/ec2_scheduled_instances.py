@@ -8,7 +8,9 @@
 * ``DescribeScheduledInstances`` and ``RunScheduledInstances`` serve pre-existing scheduled instances made
   by the ``ec2:scheduled-instance`` seeder. Slots follow the recurrence on the sandbox clock; a run launches
   real instances in moto's EC2 backend (so moto's ``DescribeInstances`` shows them), which are terminated
-  three minutes before the slot ends, as AWS does.
+  three minutes before the slot ends, as AWS does. They carry the call's ``ClientToken`` and the lifecycle
+  ``scheduled``, and moto's ``DescribeInstances`` is taught AWS's ``client-token`` and ``instance-lifecycle``
+  filters, so a caller can find the instances of a run whose answer it lost.
 
 moto has no scheduled-instance calls at all. The small bridge to moto's instance backend used here
 (:func:`launch_instances`, :func:`terminate_instances`, :func:`instance_states`) is shared with ``ec2_spot``.
@@ -61,10 +63,12 @@ def launch_instances(
     launch_template: dict[str, Any] | None = None,
     lifecycle: str | None = None,
     instance_tags: dict[str, str] | None = None,
+    client_token: str | None = None,
 ) -> tuple[str, list[str]]:
     """Run ``count`` instances in moto's backend (in-process). Returns (reservation id, instance ids)."""
     backend = _moto_ec2(account_id, region)
     kwargs: dict[str, Any] = {
+        "client_token": client_token,
         "instance_type": instance_type or "m1.small",
         "is_instance_type_default": not instance_type,
         "region_name": region,
@@ -115,6 +119,18 @@ def check_launch_references(
                 raise AwsError("InvalidGroup.NotFound", f"The security group '{group_id}' does not exist")
     except ServiceException as exc:
         raise AwsError(exc.code, exc.message) from exc
+
+
+def _teach_moto_instance_filters() -> None:
+    """AWS's DescribeInstances filters ``client-token`` and ``instance-lifecycle``; moto 5.2 raises
+    NotImplementedError on both. Its filter table maps a filter name to an instance attribute it already keeps."""
+    from moto.ec2 import utils as moto_ec2_utils
+
+    moto_ec2_utils.filter_dict_attribute_mapping.setdefault("client-token", "client_token")
+    moto_ec2_utils.filter_dict_attribute_mapping.setdefault("instance-lifecycle", "lifecycle")
+
+
+_teach_moto_instance_filters()
 
 
 # --- slots ------------------------------------------------------------------------------------------------
@@ -419,6 +435,8 @@ def _run(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         subnet_id=subnet_id,
         key_name=spec.get("KeyName"),
         security_group_ids=groups,
+        lifecycle="scheduled",
+        client_token=params.get("ClientToken"),
     )
     run = Resource(
         ctx.account_id,

@@ -8,6 +8,7 @@ and every call sees the caller's account whatever region its client signs with.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,9 +41,51 @@ ON_DEMAND_HOURLY = {
     "r5.xlarge": 0.252,
 }
 REGION_FACTOR = {"us-east-1": 1.0, "us-west-2": 1.0, "eu-west-1": 1.11}
-# Savings Plan rate as a share of on-demand, by (plan type, years); upfront payment shaves off a little more.
-DISCOUNT = {("Compute", 1): 0.72, ("Compute", 3): 0.52, ("EC2Instance", 1): 0.62, ("EC2Instance", 3): 0.43}
-PAYMENT_FACTOR = {"No Upfront": 1.0, "Partial Upfront": 0.97, "All Upfront": 0.95}
+
+
+@dataclass(frozen=True)
+class PlanKind:
+    """One Savings Plan type of botocore's ``SavingsPlanType`` enum, as the default catalogue sells it."""
+
+    title: str  # as AWS's offering descriptions name it
+    service_code: str
+    usage_prefix: str
+    product_types: tuple[str, ...]
+    # (years, payment option) the catalogue offers, with the plan's rate as a share of on-demand.
+    discounts: dict[tuple[int, str], float]
+    # What the plan's rates apply to: (product type, service code, usage type stem, operation, product
+    # description, {instance family: {instance type: on-demand hourly}}).
+    rate_card: tuple[str, str, str, str, str, dict[str, dict[str, float]]]
+
+
+def _discounts(by_years: dict[int, float], payments: tuple[str, ...] = PAYMENT_OPTIONS) -> dict[tuple[int, str], float]:
+    # Upfront payment shaves off a little more.
+    factor = {"No Upfront": 1.0, "Partial Upfront": 0.97, "All Upfront": 0.95}
+    return {(years, payment): share * factor[payment] for years, share in by_years.items() for payment in payments}
+
+
+_EC2_CARD = ("EC2", "AmazonEC2", "BoxUsage", "RunInstances", "Linux/UNIX",
+             {family: {t: ON_DEMAND_HOURLY[t] for t in types} for family, types in FAMILIES.items()})
+PLAN_KINDS: dict[str, PlanKind] = {
+    "Compute": PlanKind("Compute", "ComputeSavingsPlans", "ComputeSP", ("EC2", "Fargate", "Lambda"),
+                        _discounts({1: 0.72, 3: 0.52}), _EC2_CARD),
+    # EC2 Instance plans are per region and instance family (their offerings carry both as properties).
+    "EC2Instance": PlanKind("EC2 Instance", "EC2InstanceSavingsPlans", "EC2SP", ("EC2",),
+                            _discounts({1: 0.62, 3: 0.43}), _EC2_CARD),
+    "SageMaker": PlanKind("SageMaker", "SageMakerSavingsPlans", "SageMakerSP", ("SageMaker",),
+                          _discounts({1: 0.74, 3: 0.55}),
+                          ("SageMaker", "AmazonSageMaker", "Hosting", "RunInstance", "SageMaker",
+                           {"ml.m5": {"ml.m5.large": 0.115, "ml.m5.xlarge": 0.23},
+                            "ml.c5": {"ml.c5.xlarge": 0.204}})),
+    # Database plans: one year, no upfront payment only (a sandbox choice that follows AWS's launch terms).
+    "Database": PlanKind("Database", "DatabaseSavingsPlans", "DatabaseSP",
+                         ("RDS", "DSQL", "DynamoDB", "ElastiCache", "DocDB", "Neptune", "Timestream", "Keyspaces",
+                          "DMS", "OpenSearch"),
+                         _discounts({1: 0.8}, ("No Upfront",)),
+                         ("RDS", "AmazonRDS", "InstanceUsage", "CreateDBInstance:0002", "MySQL",
+                          {"db.r7g": {"db.r7g.large": 0.239, "db.r7g.xlarge": 0.478},
+                           "db.m7g": {"db.m7g.large": 0.168}})),
+}
 _COMPACT_PAYMENT = {
     "All Upfront": "AllUpfront",
     "Partial Upfront": "PartialUpfront",
@@ -50,33 +93,30 @@ _COMPACT_PAYMENT = {
 }
 
 
-# --- catalogue ----------------------------------------------------------------------------------------------
+# --- catalogue ---------------------------------------------------------------------------------------------
 def _offering(plan_type: str, years: int, payment: str, region: str | None, family: str | None) -> dict[str, Any]:
+    kind = PLAN_KINDS[plan_type]
     term = f"{years}yr{_COMPACT_PAYMENT[payment]}"
-    if plan_type == "Compute":
-        description = f"{years} year {payment} Compute Savings Plan"
-        usage_type, service_code, products = (
-            f"ComputeSP:{term}",
-            "ComputeSavingsPlans",
-            ["EC2", "Fargate", "Lambda"],
-        )
-        properties: list[dict[str, str]] = []
-    else:
+    properties: list[dict[str, str]] = []
+    if plan_type == "EC2Instance":
         description = f"{years} year {payment} {family} EC2 Instance Savings Plan in {region}"
-        usage_type, service_code, products = f"EC2SP:{family}.{term}", "EC2InstanceSavingsPlans", ["EC2"]
+        usage_type = f"{kind.usage_prefix}:{family}.{term}"
         properties = [
             {"name": "region", "value": str(region)},
             {"name": "instanceFamily", "value": str(family)},
         ]
+    else:
+        description = f"{years} year {payment} {kind.title} Savings Plan"
+        usage_type = f"{kind.usage_prefix}:{term}"
     return {
         "offeringId": stable_uuid("savingsplans", plan_type, years, payment, region or "any", family or "any"),
-        "productTypes": products,
+        "productTypes": list(kind.product_types),
         "planType": plan_type,
         "description": description,
         "paymentOption": payment,
         "durationSeconds": years * YEAR_SECONDS,
         "currency": "USD",
-        "serviceCode": service_code,
+        "serviceCode": kind.service_code,
         "usageType": usage_type,
         "operation": "",
         "properties": properties,
@@ -85,13 +125,16 @@ def _offering(plan_type: str, years: int, payment: str, region: str | None, fami
 
 @catalogue_section("savingsplans_offerings")
 def default_offerings() -> list[dict[str, Any]]:
+    """Every plan type of botocore's ``SavingsPlanType`` enum (tests/sandbox/test_savings_db_extra.py checks)."""
     offerings = []
-    for years in (1, 3):
-        for payment in PAYMENT_OPTIONS:
-            offerings.append(_offering("Compute", years, payment, None, None))
+    for plan_type, kind in PLAN_KINDS.items():
+        for years, payment in kind.discounts:
+            if plan_type != "EC2Instance":
+                offerings.append(_offering(plan_type, years, payment, None, None))
+                continue
             for region in REGIONS:
                 for family in FAMILIES:
-                    offerings.append(_offering("EC2Instance", years, payment, region, family))
+                    offerings.append(_offering(plan_type, years, payment, region, family))
     return offerings
 
 
@@ -153,13 +196,15 @@ def describe_offerings(ctx: CallContext, params: dict[str, Any]) -> dict[str, An
 
 
 def offering_rates(offering: dict[str, Any]) -> list[dict[str, Any]]:
-    """The instance-hour rates an offering gives: every instance type of its family (EC2Instance) or of every
-    family in every region (Compute)."""
+    """The usage rates an offering gives: every instance type of its rate card, restricted to its region and
+    instance family where the offering names them (EC2 Instance plans), in every region otherwise."""
+    kind = PLAN_KINDS.get(offering["planType"], PLAN_KINDS["Compute"])
+    product, service_code, usage_stem, operation, description, card = kind.rate_card
     region = _property(offering, "region")
     family = _property(offering, "instanceFamily")
     regions = [region] if region else list(REGIONS)
-    families = [family] if family else list(FAMILIES)
-    share = DISCOUNT.get((offering["planType"], _years(offering)), 0.7) * PAYMENT_FACTOR[offering["paymentOption"]]
+    families = [family] if family else list(card)
+    share = kind.discounts.get((_years(offering), offering["paymentOption"]), 0.7)
     parent = {
         "offeringId": offering["offeringId"],
         "paymentOption": offering["paymentOption"],
@@ -171,22 +216,22 @@ def offering_rates(offering: dict[str, Any]) -> list[dict[str, Any]]:
     rates = []
     for reg in regions:
         for fam in families:
-            for instance_type in FAMILIES.get(fam, ()):
-                hourly = ON_DEMAND_HOURLY[instance_type] * REGION_FACTOR.get(reg, 1.0) * share
+            for instance_type, on_demand in card.get(fam, {}).items():
+                hourly = on_demand * REGION_FACTOR.get(reg, 1.0) * share
                 rates.append(
                     {
                         "savingsPlanOffering": parent,
                         "rate": f"{hourly:.6f}",
                         "unit": "Hrs",
-                        "productType": "EC2",
-                        "serviceCode": "AmazonEC2",
-                        "usageType": f"{REGIONS.get(reg, 'USE1')}-BoxUsage:{instance_type}",
-                        "operation": "RunInstances",
+                        "productType": product,
+                        "serviceCode": service_code,
+                        "usageType": f"{REGIONS.get(reg, 'USE1')}-{usage_stem}:{instance_type}",
+                        "operation": operation,
                         "properties": [
                             {"name": "region", "value": reg},
                             {"name": "instanceFamily", "value": fam},
                             {"name": "instanceType", "value": instance_type},
-                            {"name": "productDescription", "value": "Linux/UNIX"},
+                            {"name": "productDescription", "value": description},
                             {"name": "tenancy", "value": "shared"},
                         ],
                     }

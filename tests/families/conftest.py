@@ -29,7 +29,7 @@ def calls_are_declared(runtime: Runtime) -> Iterator[None]:  # noqa: F811  (the 
         operation, plan_id = entry.get("operation"), entry.get("plan_id")
         record = runtime.ledger.get(plan_id) if isinstance(plan_id, str) and operation else None
         action = find_action(str((record.plan or {}).get("action"))) if record is not None else None
-        if action is None:
+        if action is None or entry.get("service") == "sts":  # the executor's AssumeRole, not the action's
             continue
         called = iam_action_name(str(entry["service"]), str(operation)).lower()
         if called not in {p.lower() for p in action.permissions | action.optional_permissions}:

@@ -53,8 +53,9 @@ def test_savings_plans_offerings_filter_and_paginate(sandbox: SandboxControl, aw
     assert sp.describe_savings_plans_offerings(offeringIds=[ec2["offeringId"]])["searchResults"] == [ec2]
 
     every = sp.describe_savings_plans_offerings()["searchResults"]
-    assert {o["planType"] for o in every} == {"Compute", "EC2Instance"}
-    assert len(every) == 2 * 3 * (1 + 3 * 3)  # terms × payment options × (Compute + regions × families)
+    assert {o["planType"] for o in every} == {"Compute", "EC2Instance", "SageMaker", "Database"}
+    # terms × payment options × (Compute + SageMaker + regions × families), and Database for 1 year No Upfront
+    assert len(every) == 2 * 3 * (1 + 1 + 3 * 3) + 1
     by_usage = sp.describe_savings_plans_offerings(usageTypes=[ec2["usageType"]])["searchResults"]
     assert len(by_usage) == 3 and ec2 in by_usage  # one per region
     by_usage = sp.describe_savings_plans_offerings(
