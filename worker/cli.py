@@ -50,6 +50,8 @@ def split_input(text: str) -> list[str]:
         return []
     try:
         data = json.loads(stripped)
+    except RecursionError:  # nested deeper than Python parses: one plan, which the intake rejects with a reason
+        return [stripped]
     except ValueError:
         return [line for line in stripped.splitlines() if line.strip()]
     if isinstance(data, list):
@@ -57,21 +59,33 @@ def split_input(text: str) -> list[str]:
     return [stripped]
 
 
+def read_plans_text(source: Any) -> str:
+    """The file's text. Bytes that are not UTF-8 are refused here, naming where (never decoded with replacement
+    characters, which would change the plans silently)."""
+    raw = source.read()
+    try:
+        return str(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{source.name} is not valid UTF-8 (byte {exc.start} is "
+                                   f"{raw[exc.start:exc.start + 1]!r}); nothing was submitted") from None
+
+
 @main.command()
-@click.argument("source", type=click.File("r"))
+@click.argument("source", type=click.File("rb"))
 def submit(source: Any) -> None:
     """Record plans from FILE (or - for standard input): one plan, a JSON array, or JSON lines."""
     runtime = _runtime()
     intake = _intake(runtime)
     failures = 0
-    for text in split_input(source.read()):
+    for text in split_input(read_plans_text(source)):
         result = intake.submit_raw(text, source="cli")
         line = f"{result.plan_id}\t{result.state}"
         if result.outcome != "accepted":
             line += f"\t{result.outcome}"
         if result.message:
             line += f"\t{result.message}"
-        click.echo(line)
+        # Printable whatever the plan held (a lone surrogate is shown escaped, never a crash of the command).
+        click.echo(line.encode("utf-8", "backslashreplace").decode())
         failures += 0 if result.ok else 1
     if failures:
         sys.exit(1)
@@ -404,8 +418,15 @@ def metrics() -> None:
 # --- schema and configuration --------------------------------------------------------------------------------
 @main.command()
 @click.argument("action", required=False)
-def schema(action: str | None) -> None:
+@click.option("--version", "version", type=int, default=None,
+              help="the envelope's contract version (default: the newest this build accepts)")
+def schema(action: str | None, version: int | None) -> None:
     """Print the JSON Schema of the plan envelope, or of ACTION's params."""
+    from worker.plans import ACCEPTED_VERSIONS
+
+    if version is not None and version not in ACCEPTED_VERSIONS:
+        raise click.ClickException(f"version {version} is not one this build accepts (accepted: "
+                                   f"{', '.join(str(v) for v in ACCEPTED_VERSIONS)})")
     try:
         load_settings()  # a bad setting stops every command, this one included
         from tasks import ACTIONS, find_action

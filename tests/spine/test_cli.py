@@ -137,3 +137,35 @@ def test_a_plan_valid_by_the_schema_is_accepted(runtime: Runtime, intake: Any, e
     required = {k: ri_plan("x")["params"][k] for k in params["required"]}
     plan = {**ri_plan("schema-1"), "params": required}
     assert intake.submit_raw(json.dumps(plan), "test").state == "queued"
+
+
+def test_submit_answers_hostile_files_with_a_message_not_a_traceback(
+    runtime: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 30_000 + "]" * 30_000)  # under the size limit, deeper than Python parses
+    result = commitd(env, "submit", str(deep))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [[plan_id, state, outcome, message]] = output_rows(result)
+    assert (state, outcome) == ("rejected", "rejected") and "nested too deeply" in message
+
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_text(json.dumps({**ri_plan("cli-surrogate"), "notes": "cut \ud83d"}))  # escaped as \\ud83d
+    result = commitd(env, "submit", str(surrogate))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [[plan_id, state, outcome, message]] = output_rows(result)
+    assert plan_id == "cli-surrogate" and state == "rejected"
+    assert message.startswith("notes: contains a lone UTF-16 surrogate")
+
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(json.dumps(ri_plan("cli-latin")).replace("planner@test", "caf\u00e9").encode("latin-1"))
+    result = commitd(env, "submit", str(latin))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is not valid UTF-8 (byte" in result.stderr and "nothing was submitted" in result.stderr
+    assert runtime.ledger.get("cli-latin") is None
+
+
+def test_schema_by_contract_version(env: dict[str, str]) -> None:
+    assert json.loads(commitd(env, "schema", "--version", "1").stdout)["envelope"]["properties"]["version"]
+    unknown = commitd(env, "schema", "--version", "2")
+    assert unknown.returncode == 1 and "version 2 is not one this build accepts (accepted: 1)" in unknown.stderr
