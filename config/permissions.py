@@ -7,7 +7,9 @@ opt-in. Where a customer did not grant one, commitd works without it (the reason
 EXTRA_PERMISSIONS: dict[str, str] = {
     "ec2:CreateTags": (
         "tag each Reserved Instance bought with its plan id (commitd:plan-id), so that reconciliation after a lost "
-        "answer finds it by tag instead of by offering attributes and start time"
+        "answer finds it by tag instead of by offering attributes and start time; and tag capacity reservations, "
+        "host reservations and spot instance requests on creation with their plan id, so that a lost answer is "
+        "reconciled by tag instead of by attributes"
     ),
     "iam:PassRole": (
         "let a spot fleet request (ec2:RequestSpotFleet) pass its IamFleetRole to EC2; without it, spot fleet "

@@ -47,6 +47,7 @@ EC2_CAPACITY_RESERVATIONS = Family(
         "ec2:ModifyInstanceCapacityReservationAttributes",
     ),
     read_actions=("ec2:DescribeCapacityReservations", "ec2:DescribeInstances", "ec2:DescribeInstanceTypeOfferings"),
+    optional_actions=("ec2:CreateTags",),
 )
 EC2_HOST_RESERVATIONS = Family(
     name="ec2_host_reservations",
@@ -84,6 +85,8 @@ EC2_SPOT = Family(
         "ec2:DescribeSpotFleetRequests",
         "ec2:DescribeSpotInstanceRequests",
     ),
+    # iam:PassRole: a fleet passes IamFleetRole to EC2; ec2:CreateTags: tag-on-create of spot instance requests.
+    optional_actions=("ec2:CreateTags", "iam:PassRole"),
 )
 SAVINGS_PLANS = Family(
     name="savings_plans",
@@ -131,7 +134,12 @@ OPENSEARCH_RESERVATIONS = Family(
     read_actions=(
         "es:DescribeReservedElasticsearchInstanceOfferings",
         "es:DescribeReservedElasticsearchInstances",
+        # OpenSearch's newer API (params.api "opensearch"): its reads are within the role's es:Describe*.
+        "es:DescribeReservedInstanceOfferings",
+        "es:DescribeReservedInstances",
     ),
+    # OpenSearch's newer purchase API (params.api "opensearch"), outside the production role.
+    optional_actions=("es:PurchaseReservedInstanceOffering",),
 )
 ORG_TRANSFER = Family(
     name="org_transfer",

@@ -119,10 +119,15 @@ class PlanHandle:
 
     def send(self, operation: str, **params: Any) -> dict[str, Any]:
         """The plan's mutating call. The executor's guard runs first (it may refuse) and after."""
+        return self.send_via(None, operation, **params)
+
+    def send_via(self, service: str | None, operation: str, **params: Any) -> dict[str, Any]:
+        """``send`` through ``service``'s client when it is not the action's own (OpenSearch's newer API for an
+        ``es`` action)."""
         if self._guard is not None:
             self._guard.before_send()
         try:
-            response = self._call("write", None, operation, params)
+            response = self._call("write", service, operation, params)
         except Exception as exc:
             if self._guard is not None:
                 self._guard.after_send(type(exc).__name__)

@@ -226,6 +226,11 @@ class Intake:
         for key, action in self.actions.items():
             if key.lower() == name.lower():
                 return action
+        callers = sorted(key for key, action in self.actions.items()
+                         if name.lower() in {p.lower() for p in action.permissions})
+        if callers:  # a role "write" action that is a step of another (redshift:GetReservedNodeExchangeOfferings)
+            raise Rejection(f"action: {name} is not carried out on its own; it is a call {', '.join(callers)} makes: "
+                            "plan that action")
         if family_of(name) is not None:
             raise Rejection(f"action: {name} is in the production role but not supported by this commitd yet")
         raise Rejection(f"action: {name!r} is not one of the IAM write actions commitd carries out")

@@ -76,6 +76,7 @@ class SendBook(BaseModel):
     lock_key: str | None = None
     accepted: dict[str, Any] | None = None  # AWS's answer to an asynchronous operation it accepted (followed)
     pending_since_ms: int | None = None  # when reconciliation first found the AWS operation still in progress
+    done_signal: dict[str, Any] | None = None  # AWS's "already done" answer to the last send, until a read settles it
 
 
 @dataclass
@@ -302,6 +303,10 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
         delay = min(settings.reconcile_interval_seconds, (absent_after - now) / 1000)
         raise run.wait(delay, "nothing found yet; AWS may still apply or show the last send")
     run.conclusively_absent = True
+    if run.book.done_signal is not None:
+        signal = run.book.done_signal
+        return _nothing_more_sent(run, str(signal.get("code")), f"AWS answered {signal.get('code')} "
+                                  f"({signal.get('message')}), and nothing shows this plan's effect")
     if run.book.gave_up:
         return _nothing_more_sent(run, "OutOfRounds", "rounds used up and AWS shows nothing")
     return None
@@ -379,6 +384,9 @@ def _send_failed(run: PlanRun, exc: Exception, must_reconcile: list[bool]) -> Pl
     run.last_error = describe(exc)
     run.book.sending_holder = None
     if code in run.action.done_signals:
+        # "Already done" is a reason to look, never to send again: if the look finds nothing, the plan fails with
+        # AWS's answer (below, in _reconcile) instead of re-sending a call AWS refuses.
+        run.book.done_signal = run.last_error
         must_reconcile[0], run.conclusively_absent = True, False
         return None
     if outcome == Outcome.TERMINAL:

@@ -491,3 +491,43 @@ def seed_capacity_reservation(state: SandboxState, catalogue: Catalogue, entry: 
     resource = cr_record(entry["account_id"], region, fields, "active", "seed", None, start, entry.get("id"))
     advance_cr(resource, now)
     state.add(resource)
+
+
+# --- seeded instances (moto's) ----------------------------------------------------------------------------
+SEED_IMAGE = "ami-760aaa0f"  # one of moto's default Amazon Linux images
+
+
+@seeder("ec2:instance")
+def seed_instances(state: SandboxState, catalogue: Catalogue, entry: dict[str, Any]) -> None:
+    """``{"kind": "ec2:instance", "account_id", "region", "instance_type", "availability_zone",
+    "instance_state"?: "stopped" | "running" (default "stopped"), "instance_ids"?: ["i-<17 hex>", ...],
+    "count"?: 1}``: instances in moto's backend, as RunInstances makes them (and StopInstances stops them), with
+    the given ids when ``instance_ids`` is set, so that a plan file can name an instance the sandbox holds."""
+    wanted_ids = list(entry.get("instance_ids") or [])
+    count = int(entry.get("count", len(wanted_ids) or 1))
+    if wanted_ids and len(wanted_ids) != count:
+        raise ValueError("instance_ids must name exactly count instances")
+    for instance_id in wanted_ids:
+        if not _INSTANCE_ID.match(instance_id):
+            raise ValueError(f"instance id {instance_id!r} is not i- followed by 8 or 17 hex digits")
+    instance_state = entry.get("instance_state", "stopped")
+    if instance_state not in ("stopped", "running"):
+        raise ValueError("instance_state must be 'stopped' or 'running'")
+    region = entry["region"]
+    try:
+        zone_of(region, entry["availability_zone"], None)
+    except AwsError as exc:  # the control API answers a bad seed entry (ValueError) with a 400
+        raise ValueError(exc.message) from exc
+    backend = ec2_backends[entry["account_id"]][region]
+    taken = [i.id for i in backend.all_instances() if i.id in wanted_ids]
+    if taken:
+        raise ValueError(f"instances {taken} already exist")
+    reservation = backend.run_instances(
+        SEED_IMAGE, count, None, [], instance_type=entry["instance_type"], is_instance_type_default=False,
+        region_name=region, placement=entry["availability_zone"], security_group_ids=[], tags={},
+    )
+    for index, instance in enumerate(reservation.instances):
+        if wanted_ids:
+            instance.id = wanted_ids[index]
+        if instance_state == "stopped":
+            instance.stop()

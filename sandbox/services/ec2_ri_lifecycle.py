@@ -9,8 +9,11 @@ moto implements none of these calls (reference §7). The rules follow AWS's user
   same or higher payment option, equal or longer term and equal or greater remaining value. An invalid
   exchange is reported by the quote (``IsValidExchange`` false with a reason) and refused by Accept with
   that reason.
-- Listings: standard, active, held 30 days, at least a month left, count within the RI's. Sales are not
-  simulated: a listing stays ``active`` until cancelled, or ``closed`` when its RI stops being active.
+- Listings: standard, active, held 30 days, at least a month left, count within the RI's, and an account
+  registered as a seller (no EC2 API reports registration: every account is registered unless the seed kind
+  ``ec2:ri-marketplace-seller`` says otherwise; AWS documents no error code for it, the sandbox answers
+  ``InvalidInput`` naming the registration). Sales happen only when a test seeds one (``ec2:ri-listing-sale``):
+  a listing stays ``active`` until cancelled, or ``closed`` when it sold out or its RI stopped being active.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from sandbox.catalogue import Catalogue
 from sandbox.errors import AwsError
-from sandbox.registry import CallContext, handles, on_state_setup
+from sandbox.registry import CallContext, handles, on_state_setup, seeder
 from sandbox.services._common import dry_run, ec2_filters, new_uuid, paginate, public, value_matches
 from sandbox.services.ec2_reserved_instances import RI_TYPE, find_offering, ri_record
 from sandbox.state import CreatedBy, Resource, SandboxState
@@ -34,6 +38,8 @@ MODIFICATION_SECONDS = 300
 MIN_HOLDING = timedelta(days=30)
 MONTH = timedelta(days=30)
 MIN_EXCHANGE_REMAINING = timedelta(hours=24)
+# Key of the marketplace's account-level facts in ``SandboxState.extra`` (seller registration).
+MARKETPLACE = "ec2_ri_marketplace"
 PAYMENT_RANK = {"No Upfront": 0, "Partial Upfront": 1, "All Upfront": 2}
 # AWS's normalization factors for instance size flexibility.
 SIZE_FACTOR = {
@@ -596,6 +602,12 @@ def create_listing(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_listing(ctx: CallContext, params: dict[str, Any], token: str) -> dict[str, Any]:
+    if ctx.account_id in _unregistered_sellers(ctx.state):
+        raise AwsError(
+            "InvalidInput",
+            f"Account {ctx.account_id} is not registered as a seller in the Reserved Instance Marketplace; "
+            "register as a seller before listing Reserved Instances.",
+        )
     ri = _own_ri(ctx, params["ReservedInstancesId"])
     now = ctx.now()
     count = int(params["InstanceCount"])
@@ -707,9 +719,13 @@ def _advance_listing(listing: Resource, now: datetime) -> bool:
         return False
     if listing.data["_Ri"].state == "active":
         return True
-    available = listing.data["InstanceCounts"][0]["InstanceCount"]
+    counts = {c["State"]: c["InstanceCount"] for c in listing.data["InstanceCounts"]}
     listing.state = "closed"
-    listing.data.update(StatusMessage="closed", UpdateDate=now, InstanceCounts=_counts(cancelled=available))
+    listing.data.update(
+        StatusMessage="closed",
+        UpdateDate=now,
+        InstanceCounts=_counts(sold=counts["sold"], cancelled=counts["cancelled"] + counts["available"]),
+    )
     return False
 
 
@@ -756,6 +772,50 @@ def describe_listings(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any
     if params.get("ReservedInstancesListingId"):
         items = [i for i in items if i["ReservedInstancesListingId"] == params["ReservedInstancesListingId"]]
     return {"ReservedInstancesListings": _match_filters(items, ec2_filters(params), _LISTING_FILTERS)}
+
+
+def _unregistered_sellers(state: SandboxState) -> set[str]:
+    unregistered: set[str] = state.extra.setdefault(MARKETPLACE, {}).setdefault("unregistered_sellers", set())
+    return unregistered
+
+
+@seeder("ec2:ri-marketplace-seller")
+def seed_marketplace_seller(state: SandboxState, catalogue: Catalogue, entry: dict[str, Any]) -> None:
+    """``{"kind": "ec2:ri-marketplace-seller", "account_id", "registered": bool}``: whether the account is
+    registered as a Reserved Instance Marketplace seller (registered unless seeded otherwise)."""
+    with state.lock:
+        sellers = _unregistered_sellers(state)
+        if entry.get("registered", True):
+            sellers.discard(str(entry["account_id"]))
+        else:
+            sellers.add(str(entry["account_id"]))
+
+
+@seeder("ec2:ri-listing-sale")
+def seed_listing_sale(state: SandboxState, catalogue: Catalogue, entry: dict[str, Any]) -> None:
+    """``{"kind": "ec2:ri-listing-sale", "account_id", "region", "reserved_instances_id", "instance_count"}``: a
+    buyer bought ``instance_count`` instances from the RI's active listing (a listing that sells out closes)."""
+    ri_id, sold = entry["reserved_instances_id"], int(entry.get("instance_count", 1))
+    with state.lock:
+        listings = state.find(
+            SERVICE,
+            LISTING_TYPE,
+            entry["account_id"],
+            entry["region"],
+            lambda r: r.state == "active" and r.data["ReservedInstancesId"] == ri_id,
+        )
+        if not listings:
+            raise ValueError(f"Reserved Instance {ri_id} has no active listing to sell from")
+        listing = listings[0]
+        counts = {c["State"]: c["InstanceCount"] for c in listing.data["InstanceCounts"]}
+        if not 1 <= sold <= counts["available"]:
+            raise ValueError(f"the listing has {counts['available']} instances available, not {sold}")
+        counts["available"] -= sold
+        counts["sold"] += sold
+        listing.data.update(UpdateDate=state.clock.now(), InstanceCounts=_counts(**counts))
+        if counts["available"] == 0:
+            listing.state = "closed"
+            listing.data["StatusMessage"] = "closed"
 
 
 @on_state_setup

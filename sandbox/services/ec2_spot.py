@@ -21,6 +21,11 @@ Lifecycles, on the sandbox clock:
   ``cancelled`` after ``TERMINATE_SECONDS``; without: ``cancelled_running`` until its instances are gone (a
   second cancel with ``TerminateInstances`` is allowed), then ``cancelled``. A cancelled fleet disappears
   after 48 hours.
+
+Spot prices (``DescribeSpotPriceHistory``) are the sandbox's own too: moto answers $0.00001 stamped 2006 for
+every type, which no price check could use. Here each instance type that moto offers in a zone has one current
+price per product description, a fixed share of its On-Demand price that differs a little per zone, stamped at
+the start of the current hour (the price in effect now). A type not offered in the region has no spot price.
 """
 
 from __future__ import annotations
@@ -74,6 +79,21 @@ _ALLOCATION = (
     "priceCapacityOptimized",
 )
 _FLEET_DONE = ("cancelled", "cancelled_terminating", "failed", "deleted")
+# Spot prices: a share of the On-Demand price (an unknown type is priced as DEFAULT_ON_DEMAND_HOURLY), a little
+# higher in each later zone of the region, doubled for Windows.
+DEFAULT_ON_DEMAND_HOURLY = 0.1
+SPOT_SHARE = 0.30
+SPOT_SHARE_PER_ZONE = 0.01
+PRODUCT_DESCRIPTIONS = (
+    "Linux/UNIX",
+    "Linux/UNIX (Amazon VPC)",
+    "SUSE Linux",
+    "SUSE Linux (Amazon VPC)",
+    "Red Hat Enterprise Linux",
+    "Red Hat Enterprise Linux (Amazon VPC)",
+    "Windows",
+    "Windows (Amazon VPC)",
+)
 
 
 def _sir_id() -> str:
@@ -675,3 +695,65 @@ def cancel_spot_fleet_requests(ctx: CallContext, params: dict[str, Any]) -> dict
                     }
                 )
     return {"SuccessfulFleetRequests": succeeded, "UnsuccessfulFleetRequests": failed}
+
+
+# --- spot prices --------------------------------------------------------------------------------------------
+def spot_price(instance_type: str, zone_index: int, product_description: str) -> float:
+    """The sandbox's current spot price of a type in the region's ``zone_index``-th zone."""
+    on_demand = ON_DEMAND_HOURLY.get(instance_type, DEFAULT_ON_DEMAND_HOURLY)
+    price = on_demand * (SPOT_SHARE + SPOT_SHARE_PER_ZONE * zone_index)
+    return round(price * (2 if product_description.startswith("Windows") else 1), 6)
+
+
+_PRICE_FILTERS = {
+    "availability-zone": lambda p: p["AvailabilityZone"],
+    "instance-type": lambda p: p["InstanceType"],
+    "product-description": lambda p: p["ProductDescription"],
+    "spot-price": lambda p: p["SpotPrice"],
+    "timestamp": lambda p: p["Timestamp"],
+}
+
+
+@handles(SERVICE, "DescribeSpotPriceHistory")
+def describe_spot_price_history(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+    from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
+    from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS
+
+    dry_run(params)
+    now = ctx.now()
+    since = now.replace(minute=0, second=0, microsecond=0)
+    end = params.get("EndTime")
+    if end is not None and as_utc(end) < since:
+        # Before the current price took effect: the sandbox keeps no older history.
+        return {"SpotPriceHistory": []}
+    zones = {z.name: (i, z.zone_id) for i, z in enumerate(RegionsAndZonesBackend.zones.get(ctx.region, []))}
+    wanted_types = set(params.get("InstanceTypes") or [])
+    wanted_zone = params.get("AvailabilityZone")
+    wanted_zone_id = params.get("AvailabilityZoneId")
+    descriptions = params.get("ProductDescriptions") or list(PRODUCT_DESCRIPTIONS)
+    unknown = [d for d in descriptions if d not in PRODUCT_DESCRIPTIONS]
+    if unknown:
+        raise AwsError("InvalidParameterValue", f"Invalid product description: {unknown[0]}")
+    prices = []
+    for offering in INSTANCE_TYPE_OFFERINGS["availability-zone"].get(ctx.region, []):
+        zone, instance_type = offering["Location"], offering["InstanceType"]
+        if zone not in zones or (wanted_types and instance_type not in wanted_types):
+            continue
+        index, zone_id = zones[zone]
+        if (wanted_zone and zone != wanted_zone) or (wanted_zone_id and zone_id != wanted_zone_id):
+            continue
+        for description in descriptions:
+            prices.append({
+                "AvailabilityZone": zone,
+                "AvailabilityZoneId": zone_id,
+                "InstanceType": instance_type,
+                "ProductDescription": description,
+                "SpotPrice": f"{spot_price(instance_type, index, description):.6f}",
+                "Timestamp": since,
+            })
+    prices = apply_ec2_filters(prices, ec2_filters(params), _PRICE_FILTERS)
+    page, next_token = paginate(prices, params, default_size=1000)
+    out: dict[str, Any] = {"SpotPriceHistory": page}
+    if next_token:
+        out["NextToken"] = next_token
+    return out

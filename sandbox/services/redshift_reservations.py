@@ -10,7 +10,12 @@ The exchange (``GetReservedNodeExchangeOfferings`` / ``AcceptReservedNodeExchang
 to the DC2 offering of the matching size (dc1.large → dc2.large, dc1.8xlarge → dc2.8xlarge, node count 1:1)
 with the same term and payment option, at no cost. The source is retired; replaying the exchange, or asking
 for exchange offerings of it again, answers ``ReservedNodeAlreadyMigrated``.
-``DescribeReservedNodeExchangeStatus`` reports the (synchronous) exchange as ``SUCCEEDED``.
+``DescribeReservedNodeExchangeStatus`` reports the exchange as ``SUCCEEDED``.
+
+Exchanges are synchronous unless the source node was seeded with ``exchange_seconds`` (and optionally
+``exchange_outcome``: ``"FAILED"``): its exchange is then ``IN_PROGRESS`` for that many sandbox seconds, with the
+source and the new node both ``exchanging``; it ends ``SUCCEEDED`` (source ``retired``, new node ``active``) or
+``FAILED`` (AWS reverts it: the source is ``active`` again and may be exchanged anew, the new node ``retired``).
 
 DC1 offerings: AWS no longer sells DC1 nodes to most accounts, but the catalogue lists them (marked
 ``_Legacy``) and the sandbox sells them by default, so that a client holding only the documented API can reach
@@ -55,6 +60,9 @@ ON_DEMAND_HOURLY = {
 }
 # DC1 node type → (DC2 node type it is exchanged for, DC2 nodes per DC1 node).
 DC1_EXCHANGE = {"dc1.large": ("dc2.large", 1), "dc1.8xlarge": ("dc2.8xlarge", 1)}
+EXCHANGE_OUTCOMES = ("SUCCEEDED", "FAILED")
+# States in which a node counts against the quota.
+HELD_STATES = ("pending-payment", "active", "exchanging")
 
 
 def _offering(region: str, node_type: str, years: int, payment: str) -> dict[str, Any]:
@@ -150,7 +158,26 @@ def node_record(
 
 
 # payment → active after the payment delay; active → retired at the end of the term.
-advance_node = term_advancer("pending-payment")
+_advance_term = term_advancer("pending-payment")
+
+
+def advance_node(resource: Resource, now: datetime) -> bool:
+    """A node's life: its term, and the end of an asynchronous exchange it takes part in (as its source or as
+    the node it makes)."""
+    data = resource.data
+    if resource.state == "exchanging":
+        if now < data["_ExchangeEndsAt"]:
+            return True
+        succeeded = data["_ExchangeEndsAs"] == "SUCCEEDED"
+        if data["_ExchangeRole"] == "source":
+            resource.state = "retired" if succeeded else "active"
+            if not succeeded:  # reverted: the node may be exchanged again
+                data.pop("_ExchangeRequestId", None)
+        else:
+            resource.state = "active" if succeeded else "retired"
+        for key in ("_ExchangeEndsAt", "_ExchangeEndsAs", "_ExchangeRole"):
+            data.pop(key, None)
+    return _advance_term(resource, now)
 
 
 @on_state_setup
@@ -190,7 +217,7 @@ def purchase(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     if count < 1:
         raise AwsError("InvalidParameterValue", "NodeCount must be at least 1.")
     with ctx.state.lock:
-        reserved = sum(r.data["NodeCount"] for r in _nodes(ctx) if r.state in ("pending-payment", "active"))
+        reserved = sum(r.data["NodeCount"] for r in _nodes(ctx) if r.state in HELD_STATES)
         if reserved + count > RESERVED_NODE_QUOTA:
             raise AwsError(
                 "ReservedNodeQuotaExceeded",
@@ -287,14 +314,23 @@ def accept_exchange(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         for key in ("Duration", "FixedPrice", "UsagePrice", "RecurringCharges"):
             exchanged.data[key] = source.data[key]
         exchanged.data["_PendingUntil"] = now
-        exchanged.state = "active"
-        ctx.state.add(exchanged)
         request_id = new_uuid()
-        source.state = "retired"
         source.data["_ExchangeRequestId"] = request_id
+        seconds = float(source.data.get("_ExchangeSeconds", 0))
+        outcome = str(source.data.get("_ExchangeOutcome", "SUCCEEDED"))
+        ends_at = now + timedelta(seconds=seconds)
+        if seconds <= 0 and outcome == "SUCCEEDED":
+            exchanged.state = "active"
+            source.state = "retired"
+        else:  # asynchronous: both nodes are "exchanging" until the sandbox clock reaches ends_at
+            for node, role in ((source, "source"), (exchanged, "target")):
+                node.state = "exchanging"
+                node.data.update(_ExchangeEndsAt=ends_at, _ExchangeEndsAs=outcome, _ExchangeRole=role)
+        ctx.state.add(exchanged)
+        ctx.state.watch(source)
         _exchanges(ctx.state)[request_id] = {
             "ReservedNodeExchangeRequestId": request_id,
-            "Status": "SUCCEEDED",
+            "Status": outcome,
             "RequestTime": now,
             "SourceReservedNodeId": source.id,
             "SourceReservedNodeType": source.data["NodeType"],
@@ -304,6 +340,7 @@ def accept_exchange(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
             "TargetReservedNodeCount": exchanged.data["NodeCount"],
             "_Account": ctx.account_id,
             "_Region": ctx.region,
+            "_EndsAt": ends_at,
         }
     return {"ExchangedReservedNode": _view(exchanged)}
 
@@ -325,16 +362,24 @@ def describe_exchange_status(ctx: CallContext, params: dict[str, Any]) -> dict[s
         raise AwsError("ReservedNodeExchangeNotFond", "The reserved-node exchange status wasn't found.")
     records.sort(key=lambda r: (r["RequestTime"], r["ReservedNodeExchangeRequestId"]))
     page, marker = marker_page(records, params, bounded=False)
-    details = [{k: v for k, v in r.items() if not k.startswith("_")} for r in page]
+    now = ctx.now()
+    details = []
+    for record in page:
+        detail = {k: v for k, v in record.items() if not k.startswith("_")}
+        if now < record["_EndsAt"]:  # an asynchronous exchange still under way
+            detail["Status"] = "IN_PROGRESS"
+        details.append(detail)
     return with_marker({"ReservedNodeExchangeStatusDetails": details}, marker)
 
 
 @seeder("redshift:reserved-node")
 def seed_reserved_node(state: SandboxState, catalogue: Catalogue, entry: dict[str, Any]) -> None:
     """``{"kind": "redshift:reserved-node", "account_id", "region", "offering_id" | (node_type,
-    offering_type?, duration_years?), "node_count"?, "start_days_ago"?, "id"?}``.
+    offering_type?, duration_years?), "node_count"?, "start_days_ago"?, "id"?, "exchange_seconds"?,
+    "exchange_outcome"?}``.
     Offerings marked unpurchasable (for example DC1 in a catalogue that models today's AWS) can still be
-    seeded."""
+    seeded. ``exchange_seconds`` makes an exchange of this node asynchronous (``IN_PROGRESS`` for that many
+    sandbox seconds); ``exchange_outcome`` (``SUCCEEDED`` by default, or ``FAILED``) is how it ends."""
     region = entry["region"]
     if "offering_id" in entry:
         offering = find_offering(catalogue, region, entry["offering_id"])
@@ -360,5 +405,10 @@ def seed_reserved_node(state: SandboxState, catalogue: Catalogue, entry: dict[st
         entry.get("id"),
     )
     resource.data["_PendingUntil"] = start
+    outcome = str(entry.get("exchange_outcome", "SUCCEEDED"))
+    if outcome not in EXCHANGE_OUTCOMES:
+        raise ValueError(f"exchange_outcome must be one of {EXCHANGE_OUTCOMES}: {entry}")
+    if "exchange_seconds" in entry or outcome != "SUCCEEDED":
+        resource.data.update(_ExchangeSeconds=float(entry.get("exchange_seconds", 0)), _ExchangeOutcome=outcome)
     advance_node(resource, state.clock.now())
     state.add(resource)

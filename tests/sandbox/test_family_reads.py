@@ -31,6 +31,8 @@ EXAMPLES = Path(sandbox_package.__file__).parent / "data" / "example-commitments
 SERVICES = {"ec2": "ec2", "rds": "rds", "redshift": "redshift", "elasticache": "elasticache", "es": "es",
             "savingsplans": "savingsplans", "organizations": "organizations"}
 READS = sorted({a for f in FAMILIES for a in f.read_actions})
+# Reads of OpenSearch's newer API: IAM prefix es, boto3 client opensearch.
+CLIENT_OF = {"es:DescribeReservedInstanceOfferings": "opensearch", "es:DescribeReservedInstances": "opensearch"}
 
 
 class World:
@@ -81,6 +83,8 @@ def _next_month() -> dict[str, Any]:
 
 # action → (parameters from the seeded world, a list in the answer that must name something — or None).
 CALLS: dict[str, tuple[Callable[[World], dict[str, Any]], str | None]] = {
+    "es:DescribeReservedInstanceOfferings": (lambda w: {"MaxResults": 100}, "ReservedInstanceOfferings"),
+    "es:DescribeReservedInstances": (lambda w: {}, None),
     "ec2:DescribeReservedInstances": (lambda w: {}, "ReservedInstances"),
     "ec2:DescribeReservedInstancesOfferings": (
         lambda w: {"InstanceType": "m5.large", "ProductDescription": "Linux/UNIX", "OfferingClass": "standard"},
@@ -187,7 +191,7 @@ def test_family_read_is_served(sandbox: SandboxControl, aws: Any, action: str) -
     sandbox.seed(json.loads(EXAMPLES.read_text())["existing_commitments"])
     world = World(aws)
     prefix, operation = action.split(":")
-    client = world.client(SERVICES[prefix])
+    client = world.client(CLIENT_OF.get(action, SERVICES[prefix]))
     build, listed = CALLS[action]
     try:
         answer = call(client, operation, build(world))

@@ -137,3 +137,10 @@ def test_a_scheduled_plan_whose_schedule_entry_was_lost_is_still_moved_on(runtim
         time.sleep(0.2)
     assert runtime.ledger.get("lost-schedule").state.value == "queued"
     assert queued_plan_ids(runtime) == ["lost-schedule"]
+
+
+def test_a_role_action_that_is_a_step_of_another_names_that_action(runtime: Runtime, intake: Any) -> None:
+    plan = {**ri_plan("step-only"), "action": "redshift:GetReservedNodeExchangeOfferings", "params": {}}
+    result = intake.submit_raw(json.dumps(plan), "cli")
+    assert result.outcome == "rejected"
+    assert "is a call redshift:AcceptReservedNodeExchange makes: plan that action" in result.message
