@@ -31,8 +31,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.ec2_reserved_instances import AWS_CLOCK_TOLERANCE, WORKER_CLOCK_TOLERANCE, YEAR_SECONDS
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Failed,
@@ -51,13 +51,6 @@ from worker.plans import STRICT, NotBoolean, UsdAmount
 OfferingType = Literal["No Upfront", "Partial Upfront", "All Upfront"]
 # A reservation that exists but whose payment failed bought nothing.
 PAYMENT_FAILED = "payment-failed"
-
-
-def started_after(aws: PlanHandle) -> datetime:
-    """AWS's time now, less the tolerance of its one-second Date header (the worker's clock, with a wide
-    tolerance, only when AWS sent no Date header): a reservation of this plan cannot have started before."""
-    aws_now = aws.aws_now()
-    return aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
 
 
 def hourly_usd(offering: dict[str, Any]) -> Decimal:
@@ -215,7 +208,7 @@ class ReservedByIdAction(Action[ParamsT, ReservationIntent]):
             hourly_usd=hourly,
             duration_seconds=duration,
             offering={k: offering[k] for k in self.offering_attributes if k in offering},
-            started_after=started_after(aws),
+            started_after=aws.earliest_start(),
             idempotency_value=reservation_id,
             commitment_usd=total,
         )

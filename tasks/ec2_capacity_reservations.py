@@ -58,9 +58,6 @@ HOUR_SECONDS = 3600
 # "If the EndDateType is limited, the Capacity Reservation is cancelled within an hour from the specified time"
 # (CreateCapacityReservation, EndDate): a limited reservation may bill one hour past its end date.
 END_LATENCY_HOURS = 1
-# AWS stamps CreateDate with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 SAME_TIME = timedelta(seconds=1)
 PLAN_TAG = "commitd:plan-id"
 
@@ -324,8 +321,7 @@ class CreateCapacityReservation(Action[CreateCapacityReservationParams, CreateIn
             commitment = cost.hourly_usd * math.ceil(p.commitment_duration_seconds / HOUR_SECONDS)
         else:
             commitment = None  # open-ended: nothing beyond the hours it runs; max_hourly_usd bounds those
-        aws_now = aws.aws_now()
-        started_after = aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+        started_after = aws.earliest_start()
         where = zone or zone_id
         return CreateIntent(
             instance_type=p.instance_type,

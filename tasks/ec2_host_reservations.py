@@ -23,7 +23,7 @@ previewed upfront is sent as ``LimitPrice`` so that AWS refuses the purchase if 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.families import EC2_HOST_RESERVATIONS
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Ambiguous,
@@ -49,11 +50,6 @@ from worker.actions import (
 from worker.handle import PlanHandle
 from worker.plans import STRICT, NotBoolean, UsdAmount
 
-YEAR_SECONDS = 31_536_000
-# AWS stamps a reservation's Start with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 # Every state a purchase can be in before its term ends (retired is a term that ended: not a fresh purchase).
 RECONCILE_STATES = ["payment-pending", "active", "payment-failed"]
 # Host states that can be reserved; released or failed hosts cannot.
@@ -163,8 +159,7 @@ class PurchaseHostReservation(Action[PurchaseHostReservationParams, HostReservat
                     {"upfront_usd": str(upfront), "hourly_usd": str(hourly), "total_usd": str(total),
                      name: str(ceiling)},
                 )
-        aws_now = aws.aws_now()
-        started_after = aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+        started_after = aws.earliest_start()
         return HostReservationIntent(
             offering_id=offering["OfferingId"],
             host_ids=tuple(p.host_ids),

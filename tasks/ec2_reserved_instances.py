@@ -20,7 +20,7 @@ follows it (``Submitted.follow``) until it is ``fulfilled`` (the new RIs are cla
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.families import EC2_RESERVED_INSTANCES
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Ambiguous,
@@ -45,14 +46,9 @@ from worker.actions import (
 )
 from worker.errors import error_code
 from worker.execution import derive_token
-from worker.handle import PlanHandle
+from worker.handle import AWS_CLOCK_TOLERANCE, PlanHandle
 from worker.plans import STRICT, NotBoolean, Rfc3339Time, UsdAmount
 
-YEAR_SECONDS = 31_536_000
-# AWS stamps an RI's Start with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 RECONCILE_STATES = ["payment-pending", "active", "queued"]
 PLAN_TAG = "commitd:plan-id"
 
@@ -188,8 +184,7 @@ class PurchaseReservedInstancesOffering(Action[PurchaseReservedInstancesParams, 
                 {"hourly_usd": str(hourly), "max_hourly_usd": str(p.max_hourly_usd)},
             )
         duration = int(offering["Duration"])
-        aws_now = aws.aws_now()
-        started_after = aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+        started_after = aws.earliest_start()
         return RiPurchaseIntent(
             offering_id=offering["ReservedInstancesOfferingId"],
             instance_count=p.instance_count,

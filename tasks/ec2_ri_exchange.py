@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.families import EC2_RI_EXCHANGE
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Ambiguous,
@@ -41,13 +42,9 @@ from worker.actions import (
     register,
 )
 from worker.errors import error_code
-from worker.handle import PlanHandle
+from worker.handle import AWS_CLOCK_TOLERANCE, PlanHandle
 from worker.plans import STRICT, NotBoolean, UsdAmount
 
-YEAR_SECONDS = 31_536_000
-# AWS stamps an RI's Start with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 # How long an exchange AWS accepted may take to show (sources retired, new RI visible) before a person looks.
 EXCHANGE_SETTLES_WITHIN = timedelta(hours=1)
 NEW_RI_STATES = ["payment-pending", "active"]
@@ -194,8 +191,7 @@ class AcceptReservedInstancesExchangeQuote(Action[AcceptExchangeQuoteParams, RiE
         [quoted_target] = quote["TargetConfigurationValueSet"]
         count = int(quoted_target["TargetConfiguration"]["InstanceCount"])
         source_value = Decimal(str((quote.get("ReservedInstanceValueRollup") or {}).get("RemainingTotalValue") or "0"))
-        aws_now = aws.aws_now()
-        started_after = aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+        started_after = aws.earliest_start()
         return RiExchangeIntent(
             reserved_instance_ids=source_ids,
             target=TargetOffering(

@@ -20,7 +20,7 @@ commits no new money: its hours were bought with the schedule.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -41,13 +41,9 @@ from worker.actions import (
     Submitted,
     register,
 )
-from worker.handle import PlanHandle
+from worker.handle import AWS_CLOCK_TOLERANCE, PlanHandle
 from worker.plans import STRICT, NotBoolean, Rfc3339Time, UsdAmount
 
-# AWS stamps CreateDate and LaunchTime with its own clock; the Date header we compare with has 1 s resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
 ZONE = r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$"
 
@@ -55,11 +51,6 @@ ZONE = r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$"
 def client_token(kind: str, plan_id: str) -> str:
     """The plan's ClientToken: deterministic, ASCII, within EC2's 64-character limit (plan ids reach 128)."""
     return f"commitd-{kind}-" + hashlib.sha256(plan_id.encode()).hexdigest()[:40]
-
-
-def _started_after(aws: PlanHandle) -> datetime:
-    aws_now = aws.aws_now()
-    return aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
 
 
 # === ec2:PurchaseScheduledInstances =============================================================================
@@ -217,7 +208,7 @@ class PurchaseScheduledInstances(Action[PurchaseScheduledInstancesParams, Schedu
             hourly_usd=hourly,
             scheduled_hours=hours,
             commitment_usd=total,
-            started_after=_started_after(aws),
+            started_after=aws.earliest_start(),
             idempotency_value=client_token("sci", aws.plan_id),
             # Reconciliation matches on attributes: one plan at a time per schedule kind tells whose it sees.
             signature=f"ec2-sci-buy:{aws.account.account_id}:{aws.region}:{offer['InstanceType']}:"
@@ -365,7 +356,7 @@ class RunScheduledInstances(Action[RunScheduledInstancesParams, ScheduledRunInte
             raise PlanFailed("CountAboveSchedule", f"schedule {p.scheduled_instance_id} was bought for "
                              f"{schedule['InstanceCount']} instances, the plan asks for {p.instance_count}; nothing "
                              "was launched", {"scheduled_count": schedule["InstanceCount"]})
-        started_after = _started_after(aws)
+        started_after = aws.earliest_start()
         term_end = schedule.get("TermEndDate")
         if term_end is not None and term_end <= started_after + AWS_CLOCK_TOLERANCE:
             raise PlanFailed("ScheduleEnded", f"schedule {p.scheduled_instance_id}'s term ended at "

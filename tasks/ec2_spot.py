@@ -51,14 +51,10 @@ from worker.actions import (
     Submitted,
     register,
 )
-from worker.handle import PlanHandle
+from worker.handle import AWS_CLOCK_TOLERANCE, WORKER_CLOCK_TOLERANCE, PlanHandle
 from worker.plans import STRICT, Rfc3339Time, UsdAmount
 
 PLAN_TAG = "commitd:plan-id"
-# AWS stamps CreateTime with its own clock; the Date header it is compared with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 # The price read looks back this far, so that a worker clock ahead of AWS's still sees the price in effect.
 PRICE_LOOKBACK = timedelta(hours=1)
 MAX_VALIDITY_HOURS = 8760

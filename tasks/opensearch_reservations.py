@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, model_validator
 from config.permissions import EXTRA_PERMISSIONS
 from tasks.families import OPENSEARCH_RESERVATIONS
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Ambiguous,
@@ -44,11 +45,6 @@ from worker.actions import (
 from worker.handle import PlanHandle
 from worker.plans import STRICT, NotBoolean, UsdAmount
 
-YEAR_SECONDS = 31_536_000
-# AWS stamps StartTime with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 BOUGHT_STATES = ("payment-pending", "active")
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 OPENSEARCH_PURCHASE = "es:PurchaseReservedInstanceOffering"
@@ -205,7 +201,6 @@ class PurchaseReservedElasticsearchInstanceOffering(
             if figure > ceiling:
                 raise PlanFailed("PriceAboveCeiling", f"{what} exceeds max_{name}_usd {ceiling}; nothing was bought",
                                  {f"{name}_usd": str(figure), f"max_{name}_usd": str(ceiling)})
-        aws_now = aws.aws_now()
         offering_id = offering[api.offering_id]
         return SearchPurchaseIntent(
             api=p.api,
@@ -218,7 +213,7 @@ class PurchaseReservedElasticsearchInstanceOffering(
             upfront_usd=upfront,
             hourly_usd=hourly,
             commitment_usd=total,
-            started_after=aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE,
+            started_after=aws.earliest_start(),
             # One plan at a time per offering, whichever of the role's names the plan used.
             signature=f"search-ri:{aws.account.account_id}:{aws.region}:{p.api}:{offering_id}",
         )

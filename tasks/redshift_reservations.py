@@ -22,7 +22,7 @@ name it, and the exchange action declares it in its ``permissions`` because it c
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from tasks.families import REDSHIFT_RESERVATIONS
 from worker.actions import (
+    YEAR_SECONDS,
     Absent,
     Action,
     Ambiguous,
@@ -48,11 +49,6 @@ from worker.actions import (
 from worker.handle import PlanHandle
 from worker.plans import STRICT, NotBoolean, UsdAmount
 
-YEAR_SECONDS = 31_536_000
-# AWS stamps StartTime / RequestTime with its own clock; the Date header we compare with has one-second resolution.
-AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
-# Without a Date header (never seen on AWS), fall back to this worker's clock with a wide tolerance.
-WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 # States of a node a purchase may be in once AWS made it (Redshift spells it "pending-payment").
 BOUGHT_STATES = ("pending-payment", "active")
 # The states of an exchange that is not over yet (botocore's ReservedNodeExchangeStatusType).
@@ -64,8 +60,7 @@ CLAIM_KIND = "redshift-reserved-node"  # both actions make reserved nodes: one n
 def _aws_start_floor(aws: PlanHandle) -> datetime:
     """AWS's time now, less its tolerance: what the call makes starts at or after this (never the worker's clock
     when AWS's is known)."""
-    aws_now = aws.aws_now()
-    return aws_now - AWS_CLOCK_TOLERANCE if aws_now else aws.now() - WORKER_CLOCK_TOLERANCE
+    return aws.earliest_start()
 
 
 def _hourly(offering: dict[str, Any]) -> Decimal:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from worker.handle import PlanHandle
 
 
+YEAR_SECONDS = 31_536_000  # AWS's terms: a 1-year term is 31,536,000 seconds
+
+
 class Idempotency(StrEnum):
     CLIENT_TOKEN = "client_token"  # AWS deduplicates by a token derived from the plan id
     CUSTOMER_ID = "customer_id"  # a customer-chosen resource id; a duplicate is refused by AWS

@@ -3,9 +3,11 @@
 Pieces: the AWS sandbox in a thread of this process; Redis at ``COMMITD_REDIS_URL`` when it answers (under a key
 prefix of this run only, deleted afterwards unless ``--keep``), else a private ``redis-server`` started and stopped
 here; one Celery worker as a child process (its log goes to a file); the intake loop in a thread of this process.
-Sample plans go in through the Redis stream, as any producer would send them. The demo prints each state change,
-then a table, the sandbox's ground truth and the audit verification, and exits 0 only when everything is as
-expected. Everything it started is stopped, and its files removed, whatever happens (the logs stay on failure).
+Sample plans go in through the Redis stream, as any producer would send them: first EC2 RI purchases (one of them
+throttled once by the sandbox), then one plan of every family (``worker/demo_tour.py``). The demo prints each
+state change, a table per part, the sandbox's ground truth and the audit verification, and exits 0 only when
+everything is as expected. Everything it started is stopped, and its files removed, whatever happens (the logs
+stay on failure).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import redis
 ACCOUNT = "111122223333"
 EXTERNAL_ID_ENV = "COMMITD_DEMO_EXTERNAL_ID"
 PURCHASE = "ec2:PurchaseReservedInstancesOffering"
-TIMEOUT_SECONDS = 60.0
+TIMEOUT_SECONDS = 90.0  # for every plan of the demo to settle
 INSTALL_HINT = "install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
 
 
@@ -51,6 +53,7 @@ class Sample:
     expected: str
     error_code: str | None = None
     dry_run: bool = False
+    family: str | None = None  # the tour of every family: the family the plan's action belongs to
 
     @property
     def plan_id(self) -> str:
@@ -63,7 +66,9 @@ class Sample:
             return False
         if self.expected == "succeeded":
             result = record.result or {}
-            return bool(result.get("dry_run")) if self.dry_run else bool(result.get("reserved_instances_id"))
+            if self.dry_run:
+                return bool(result.get("dry_run"))
+            return bool(result.get("reserved_instances_id" if self.plan["action"] == PURCHASE else "resource_ids"))
         return True
 
 
@@ -244,13 +249,15 @@ def demo_sandbox(external_id: str) -> Iterator[str]:
 
 
 def write_accounts(path: Path) -> Path:
-    path.write_text(json.dumps({"accounts": [{
-        "account_id": ACCOUNT,
-        "name": "demo",
-        "role_arn": f"arn:aws:iam::{ACCOUNT}:role/commitd",
-        "external_id_env": EXTERNAL_ID_ENV,
-        "limits": {"max_upfront_usd_per_plan": "10000"},
-    }]}))
+    """The demo's account, and those the tour's example plans use (a spot fleet's, two organizations')."""
+    from worker.demo_tour import ACCOUNTS
+
+    accounts = [{"account_id": ACCOUNT, "name": "demo",
+                 "limits": {"max_upfront_usd_per_plan": "50000", "max_commitment_usd_per_plan": "100000"}},
+                *ACCOUNTS]
+    path.write_text(json.dumps({"accounts": [
+        {**account, "role_arn": f"arn:aws:iam::{account['account_id']}:role/commitd",
+         "external_id_env": EXTERNAL_ID_ENV} for account in accounts]}))
     return path
 
 
@@ -347,7 +354,8 @@ def submit(runtime: Any, samples: list[Sample]) -> None:
         runtime.redis.xadd(runtime.key("plans"), {"plan": json.dumps(sample.plan)})
         expect = ", ".join([sample.expected, *([sample.error_code] if sample.error_code else []),
                             *(["dry run"] if sample.dry_run else [])])
-        say(f"  submit {sample.plan_id:28s} (expect {expect})")
+        action = f"{sample.plan['action']:48s} " if sample.family else ""
+        say(f"  submit {sample.plan_id:28s} {action}(expect {expect})")
 
 
 class Watcher:
@@ -372,12 +380,16 @@ class Watcher:
             self.seen[plan_id] = len(history)
         return records
 
-    def wait(self, plan_ids: list[str]) -> dict[str, Any]:
-        """Until every plan is settled (terminal or needing attention), the worker dies, or the time is up."""
+    def wait(self, plan_ids: list[str], tick: Callable[[dict[str, Any], float], None] | None = None
+             ) -> dict[str, Any]:
+        """Until every plan is settled (terminal or needing attention), the worker dies, or the time is up.
+        ``tick`` sees the records at each look (the tour moves the sandbox's clock from it)."""
         while True:
             records = self.poll(plan_ids)
             if all(r is not None and (r.terminal or r.state.value == "needs_attention") for r in records.values()):
                 return records
+            if tick is not None:
+                tick(records, time.monotonic() - self.started)
             if self.worker.poll() is not None:
                 raise DemoFailed(f"the Celery worker exited with code {self.worker.returncode}")
             if time.monotonic() > self.deadline:
@@ -387,17 +399,41 @@ class Watcher:
 
 
 # --- the report ----------------------------------------------------------------------------------------------
+def short_id(resource_id: Any) -> str:
+    """An id as the result line shows it: an ARN by its last part."""
+    text = str(resource_id)
+    return f"…{text.replace('/', ':').rsplit(':', 1)[-1]}" if text.startswith("arn:") else text
+
+
 def summary(record: Any) -> str:
+    """One line for a settled plan, whatever its action: what it did (its resource ids, the commitment, the state
+    AWS reports) or why it did not."""
     if record is None:
         return "never recorded"
     result, error = record.result or {}, record.error or {}
-    if record.state.value == "succeeded" and result.get("dry_run"):
+    action = str((record.plan or {}).get("action", ""))
+    if record.state.value == "succeeded" and result.get("dry_run") and action == PURCHASE:
         would = result.get("would_buy", {})
         return (f"dry run: would buy {would.get('instance_count')} x {would.get('offering_id')} "
                 f"(AWS answer: {result.get('aws_answer')}); nothing bought")
-    if record.state.value == "succeeded":
+    if record.state.value == "succeeded" and result.get("dry_run"):
+        answer = f" (AWS answer: {result['aws_answer']})" if result.get("aws_answer") else ""
+        return f"dry run{answer}: permitted {result.get('permitted')}; nothing done"
+    if record.state.value == "succeeded" and action == PURCHASE:
         return (f"{result.get('reserved_instances_id')}  {result.get('instance_count')} x, "
                 f"upfront {result.get('upfront_usd')} USD, {result.get('hourly_usd')} USD/h each")
+    if record.state.value == "succeeded":
+        from tasks import find_action
+
+        found = find_action(action)
+        ids = [short_id(i) for i in result.get("resource_ids") or []]
+        parts = [f"{found.nouns.done if found else 'done'}: {', '.join(ids) or 'nothing'}"]
+        if result.get("commitment_usd") is not None:
+            parts.append(f"commitment {result['commitment_usd']} USD")
+        state = result.get("state") or result.get("status")
+        if state:
+            parts.append(f"state {state}")
+        return "; ".join(parts)
     if error:
         message = str(error.get("message", ""))
         return f"{error.get('code')}: {message[:90]}{'…' if len(message) > 90 else ''}"
@@ -418,20 +454,56 @@ def print_table(samples: list[Sample], records: dict[str, Any]) -> bool:
     return all_met
 
 
+def recorded_ids(value: Any, key: str = "") -> set[str]:
+    """Every id a plan's result names (``resource_ids``, and the ids of what AWS made on the way: a modification,
+    a create-account request, an exchange)."""
+    if isinstance(value, dict):
+        return {i for k, v in value.items() for i in recorded_ids(v, str(k))}
+    if isinstance(value, list):
+        return {i for v in value for i in recorded_ids(v, key)}
+    return {value} if isinstance(value, str) and (key.endswith("_id") or key.endswith("_ids")) else set()
+
+
 def check_ground_truth(sandbox_url: str, samples: list[Sample], records: dict[str, Any]) -> bool:
+    """What the sandbox holds against what the ledger claims: the RI purchases match; every succeeded plan's
+    resources exist; and every resource a call made (not seeded) is one a succeeded plan recorded: nothing was
+    made twice, or by a plan that did not succeed."""
     from sandbox.control import SandboxControl
 
-    bought = {ri["id"] for ri in SandboxControl(sandbox_url).resources(type="reserved-instances")}
-    settled = [records.get(s.plan_id) for s in samples]
-    claimed = {r.result.get("reserved_instances_id") for r in settled
-               if r is not None and r.state.value == "succeeded" and r.result and not r.result.get("dry_run")}
-    ok = bought == claimed
+    resources = SandboxControl(sandbox_url).resources()
+    bought = {r["id"] for r in resources
+              if r["type"] == "reserved-instances" and r["created_by"]["operation"] == PURCHASE}
+    succeeded = {s.plan_id: r.result for s in samples if (r := records.get(s.plan_id)) is not None
+                 and r.state.value == "succeeded" and r.result and not r.result.get("dry_run")}
+    claimed = {result.get("reserved_instances_id") for plan_id, result in succeeded.items()
+               if records[plan_id].plan["action"] == PURCHASE}
+    purchases_ok = bought == claimed
     say()
     say(f"sandbox ground truth: {len(bought)} reserved instances bought; {len(claimed)} successful purchases "
-        f"in the ledger {'— they match' if ok else '— MISMATCH'}")
-    if not ok:
+        f"in the ledger {'— they match' if purchases_ok else '— MISMATCH'}")
+    if not purchases_ok:
         say(f"  in the sandbox: {sorted(bought)}\n  in the ledger:  {sorted(str(c) for c in claimed)}")
-    return ok
+
+    held = {r["id"] for r in resources}
+    claims = {plan_id: [str(i) for i in result.get("resource_ids") or [result.get("reserved_instances_id")]]
+              for plan_id, result in succeeded.items()}
+    missing = {plan_id: absent for plan_id, ids in claims.items() if (absent := [i for i in ids if i not in held])}
+    if missing:
+        say(f"sandbox ground truth: {len(claims)} plans succeeded; resources MISSING from the sandbox: {missing}")
+    else:
+        say(f"sandbox ground truth: {len(claims)} plans succeeded; each of their "
+            f"{sum(len(ids) for ids in claims.values())} resources is in the sandbox")
+
+    made = {r["id"]: str(r["type"]) for r in resources if r["created_by"]["operation"] != "seed"}
+    recorded = set().union(*(recorded_ids(result) for result in succeeded.values()))
+    unrecorded = [f"{kind} {resource_id}" for resource_id, kind in sorted(made.items()) if resource_id not in recorded]
+    if unrecorded:
+        say(f"sandbox ground truth: {len(made)} resources made by the demo's calls; NOT RECORDED by any plan: "
+            f"{', '.join(unrecorded)}")
+    else:
+        say(f"sandbox ground truth: {len(made)} resources made by the demo's calls, each recorded by the plan that "
+            "made it — nothing made twice")
+    return purchases_ok and not missing and not unrecorded
 
 
 def check_audit(runtime: Any) -> bool:
@@ -544,6 +616,7 @@ def run(stack: ExitStack, workdir: Path, keep: bool) -> bool:
 
 def exercise(runtime: Any, sandbox_url: str, watcher: Watcher) -> bool:
     from sandbox.control import SandboxControl
+    from worker.demo_tour import print_tour_table, run_tour
 
     first, throttled = first_samples(), throttled_sample()
     say()
@@ -558,9 +631,11 @@ def exercise(runtime: Any, sandbox_url: str, watcher: Watcher) -> bool:
     samples = [*first, throttled]
     all_met = print_table(samples, records)
     throttle_shown = show_throttled(runtime, throttled.plan_id)
-    ground_truth = check_ground_truth(sandbox_url, samples, records)
+    tour, tour_records = run_tour(runtime, sandbox_url, watcher)
+    tour_met = print_tour_table(tour, tour_records)
+    ground_truth = check_ground_truth(sandbox_url, [*samples, *tour], {**records, **tour_records})
     audit_ok = check_audit(runtime)
-    ok = all_met and throttle_shown and ground_truth and audit_ok
+    ok = all_met and throttle_shown and tour_met and ground_truth and audit_ok
     say()
     say("demo passed: every plan reached the state it should" if ok else "demo FAILED: see the ✗ and checks above")
     return ok

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from worker.actions import Action
 
 IAM_PREFIX = {"opensearch": "es"}
+# AWS stamps what it makes with its own clock; the Date header that clock is read from has one-second resolution.
+AWS_CLOCK_TOLERANCE = timedelta(seconds=10)
+# Without a Date header (never seen on AWS), the worker's clock stands in, with a wide tolerance.
+WORKER_CLOCK_TOLERANCE = timedelta(seconds=120)
 
 
 def iam_action_name(service: str, operation: str) -> str:
@@ -79,6 +83,13 @@ class PlanHandle:
         if self.last_aws_time is None or self.last_aws_time_seen_at is None:
             return None
         return self.last_aws_time + (self.now() - self.last_aws_time_seen_at)
+
+    def earliest_start(self) -> datetime:
+        """The earliest time AWS can stamp on anything this plan makes from now on: AWS's time less its tolerance
+        (the worker's clock, with a wide tolerance, when AWS sent no Date header). Reconciliation compares
+        resources' start times with this, never with the worker's clock."""
+        aws_now = self.aws_now()
+        return aws_now - AWS_CLOCK_TOLERANCE if aws_now else self.now() - WORKER_CLOCK_TOLERANCE
 
     # --- calls ---------------------------------------------------------------------------------------------------
     def _call(self, purpose: str, service: str | None, operation: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from tests.families.harness import (
 from tests.production_role import PRODUCTION_ROLE_POLICY
 from tests.spine.conftest import ACCOUNT, EXTERNAL_ID
 from worker.actions import Absent, Found, PlanFailed, Submitted, family_permissions
-from worker.handle import PlanHandle
+from worker.handle import AWS_CLOCK_TOLERANCE, PlanHandle
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,6 +250,9 @@ class CannedHandle:
 
     def aws_now(self) -> datetime:
         return datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
+
+    def earliest_start(self) -> datetime:
+        return self.aws_now() - AWS_CLOCK_TOLERANCE
 
     def claimed_elsewhere(self, ids: list[str]) -> set[str]:
         return set()

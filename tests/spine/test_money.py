@@ -165,7 +165,7 @@ def test_every_aws_call_an_action_makes_is_declared_in_its_permissions(
     original = handle_module.PlanHandle._call
 
     def recording(self: Any, purpose: str, service: str | None, operation: str, params: dict[str, Any]) -> Any:
-        seen.append(self._iam_name(service or self._action.service, operation).lower())
+        seen.append(handle_module.iam_action_name(service or self._action.service, operation).lower())
         return original(self, purpose, service, operation, params)
 
     monkeypatch.setattr(handle_module.PlanHandle, "_call", recording)
