@@ -138,17 +138,32 @@ def _state_option(value: str | None) -> Any:
 
 @plans.command("list")
 @click.option("--state", default=None, help="only plans in this state")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="plans per page")
+@click.option("--cursor", default=None, help="continue after the page that printed it")
 @click.option("--json", "as_json", is_flag=True)
-def plans_list(state: str | None, as_json: bool) -> None:
+def plans_list(state: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """Plans, newest first (by the time intake received them), one page at a time. Columns: PLAN_ID, STATE,
+    ACTION, ACCOUNT, REGION, UPDATED (UTC)."""
+    from worker.ledger_views import plans_page
+
     runtime = _runtime()
-    records = runtime.ledger.list(_state_option(state))
+    if cursor is not None:
+        try:
+            float(cursor)
+        except ValueError:
+            raise click.BadParameter("a cursor printed by a previous page", param_hint="--cursor") from None
+    page = plans_page(runtime.ledger, _state_option(state), limit, cursor)
     if as_json:
-        click.echo(json.dumps([r.public() for r in records], indent=2))
+        click.echo(json.dumps({"plans": [r.public() for r in page.records], "next_cursor": page.cursor}, indent=2))
         return
-    for r in records:
+    click.echo("PLAN_ID\tSTATE\tACTION\tACCOUNT\tREGION\tUPDATED")
+    for r in page.records:
         plan = r.plan or {}
         click.echo(f"{r.plan_id}\t{r.state.value}\t{plan.get('action', '-')}\t{plan.get('account_id', '-')}\t"
-                   f"{r.updated_at.isoformat(timespec='seconds')}")
+                   f"{plan.get('region', '-')}\t{r.updated_at.isoformat(timespec='seconds')}")
+    if page.cursor is not None:
+        click.echo(f"more: commitd plans list{f' --state {state}' if state else ''} --limit {limit} "
+                   f"--cursor {page.cursor}", err=True)
 
 
 @plans.command("show")

@@ -142,14 +142,17 @@ def test_plans_list_and_show_cli(runtime: Runtime, intake: Any, env: dict[str, s
 
     listed = commitd(env, "plans", "list", "--state", "queued", "--json")
     assert listed.returncode == 0, listed.stderr
-    rows = json.loads(listed.stdout)
-    assert [r["plan_id"] for r in rows] == ["cli-a"]
+    listing = json.loads(listed.stdout)
+    rows = listing["plans"]
+    assert [r["plan_id"] for r in rows] == ["cli-a"] and listing["next_cursor"] is None
     assert {"plan_id", "state", "history", "result", "error"} <= rows[0].keys()
 
     every = commitd(env, "plans", "list")
     assert every.returncode == 0, every.stderr
-    lines = [line.split("\t") for line in every.stdout.splitlines()]
-    assert [(r[0], r[1]) for r in lines] == [("cli-a", "queued"), ("cli-b", "succeeded"), ("cli-bad", "rejected")]
+    header, *lines = [line.split("\t") for line in every.stdout.splitlines()]
+    assert header == ["PLAN_ID", "STATE", "ACTION", "ACCOUNT", "REGION", "UPDATED"]
+    # Newest first.
+    assert [(r[0], r[1]) for r in lines] == [("cli-bad", "rejected"), ("cli-b", "succeeded"), ("cli-a", "queued")]
 
     shown = commitd(env, "plans", "show", "cli-b", "--json")
     assert shown.returncode == 0, shown.stderr
