@@ -28,7 +28,8 @@ class ConfigurationError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COMMITD_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a bad value (a URL with its password, say) is never repeated in an error message.
+    model_config = SettingsConfigDict(env_prefix="COMMITD_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis for the ledger, intake, audit, broker: redis://, rediss:// "
@@ -188,15 +189,24 @@ class Settings(BaseSettings):
 SECRET_QUERY_KEYS = re.compile(r"(password|passwd|secret|token|credential|key)", re.I)
 
 
+# Hosts after a URL's credentials: host[:port], comma-separated (a sentinel URL lists several), then the end, a
+# path, a query or a fragment.
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d+)?"
+_HOSTS = re.compile(rf"{_HOST}(,{_HOST})*(?=$|[/?#])")
+
+
 def mask_url(url: str) -> str:
     """Mask credentials in the netloc and in the query (redis-py also reads ``?password=``)."""
     from urllib.parse import parse_qsl, urlencode, urlunsplit
 
-    parts = urlsplit(url)
-    # The netloc split by hand: a sentinel URL lists several hosts, which urlsplit's port parsing refuses.
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    if userinfo:
-        parts = parts._replace(netloc=f"***@{hosts}")
+    scheme, sep, rest = url.partition("://")
+    # Credentials end at the last "@" that is followed by hosts: a password may hold "#", "/", "?" or "@" that
+    # were not percent-encoded, which would make urlsplit put part of it in the path, query or fragment.
+    for at in (m.start() for m in reversed(list(re.finditer("@", rest)))):
+        if _HOSTS.match(rest, at + 1):
+            rest = "***" + rest[at:]
+            break
+    parts = urlsplit(f"{scheme}{sep}{rest}")
     if parts.query:
         query = parse_qsl(parts.query, keep_blank_values=True)
         if any(SECRET_QUERY_KEYS.search(k) for k, _ in query):

@@ -465,8 +465,52 @@ def config() -> None:
     """Configuration."""
 
 
+def configuration_problems() -> list[str]:
+    """What the daemon's commands will need at start, checked now: the settings, the account registry, every
+    account's ExternalId source, Redis. Each problem names what to fix (never a secret)."""
+    from config.accounts import AccountRegistry
+    from worker.runtime import Runtime
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        return [f"settings: {exc}"]
+    problems: list[str] = []
+    try:
+        registry = AccountRegistry.load(settings.accounts_file)
+    except ConfigurationError as exc:
+        problems.append(f"account registry: {exc}")
+    else:
+        if not registry.accounts:
+            problems.append("account registry: no accounts (COMMITD_ACCOUNTS_FILE)")
+        for account in registry.accounts:
+            try:
+                if account.external_id() is None:
+                    problems.append(f"account {account.account_id}: no ExternalId source (external_id_env or "
+                                    "external_id_file)")
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+    try:
+        Runtime(settings).redis.ping()
+    except Exception as exc:  # any failure to reach Redis is reported, whatever its kind
+        problems.append(f"redis: cannot reach it ({type(exc).__name__}: {exc})")
+    return problems
+
+
+@config.command("check")
+def config_check() -> None:
+    """Check now what intake, workers and the CLI will need at start; exit 1 naming each problem."""
+    problems = configuration_problems()
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("configuration ok: settings, account registry, every account's ExternalId source, Redis")
+
+
 @config.command("show")
-def config_show() -> None:
+@click.option("--check", "check", is_flag=True, help="also run `commitd config check` (exit 1 on a problem)")
+def config_show(check: bool) -> None:
     from config.accounts import AccountRegistry
     from config.settings import load_settings
 
@@ -481,6 +525,12 @@ def config_show() -> None:
         for a in registry.accounts
     ]
     click.echo(json.dumps({"settings": settings.masked(), "accounts": accounts}, indent=2))
+    if check:
+        problems = configuration_problems()
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+        if problems:
+            sys.exit(1)
 
 
 # --- sandbox and demo ----------------------------------------------------------------------------------------

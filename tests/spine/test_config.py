@@ -48,8 +48,12 @@ def test_config_show_prints_the_effective_configuration(env: dict[str, str]) -> 
         ("redis://:s3cret@127.0.0.1:1/0", "s3cret", "redis://***@127.0.0.1:1/0"),
         ("rediss://admin:s3cret@redis.internal:6380/2", "s3cret", "rediss://***@redis.internal:6380/2"),
         ("redis://127.0.0.1:1/0?password=s3cret&socket_timeout=5", "s3cret", None),
+        ("redis://:pa#ss@127.0.0.1:1/0", "pa#ss", "redis://***@127.0.0.1:1/0"),
+        ("redis://user:pa/ss@127.0.0.1:1/0", "pa/ss", "redis://***@127.0.0.1:1/0"),
+        ("redis://:p@ss/w#rd@127.0.0.1:1/0", "ss/w#rd", "redis://***@127.0.0.1:1/0"),
     ],
-    ids=["password-only", "user-and-password", "password-in-query"],
+    ids=["password-only", "user-and-password", "password-in-query", "hash-in-password", "slash-in-password",
+         "at-slash-hash-in-password"],
 )
 def test_config_show_masks_the_redis_password(env: dict[str, str], url: str, secret: str, shown: str | None) -> None:
     result = commitd({**env, "COMMITD_REDIS_URL": url}, "config", "show")  # no connection is made
@@ -132,6 +136,20 @@ def test_bad_files_name_the_setting(env: dict[str, str], tmp_path: Path) -> None
     bad_account.write_text(json.dumps({"accounts": [{"account_id": "12", "role_arn": "nope"}]}))
     result = commitd({**env, "COMMITD_ACCOUNTS_FILE": str(bad_account)}, "config", "show")
     assert result.returncode != 0 and "COMMITD_ACCOUNTS_FILE" in result.stderr and "account_id" in result.stderr
+
+
+def test_config_check_names_what_the_daemon_would_refuse_to_start_on(env: dict[str, str]) -> None:
+    ok = commitd(env, "config", "check")
+    assert ok.returncode == 0 and "configuration ok" in ok.stdout, ok.stderr
+    missing = commitd(env, "config", "check", drop=("COMMITD_TEST_EXTERNAL_ID",))
+    assert missing.returncode == 1
+    assert "COMMITD_TEST_EXTERNAL_ID is not set" in missing.stderr and ACCOUNT in missing.stderr
+    shown = commitd(env, "config", "show", "--check", drop=("COMMITD_TEST_EXTERNAL_ID",))
+    assert shown.returncode == 1 and json.loads(shown.stdout)["accounts"], "the configuration is still shown"
+    unreachable = commitd({**env, "COMMITD_REDIS_URL": "redis://:pa#ss@127.0.0.1:1/0",
+                           "COMMITD_REDIS_CONNECT_TIMEOUT": "0.5"}, "config", "check")
+    assert unreachable.returncode == 1 and "redis: cannot reach it" in unreachable.stderr
+    assert "pa#ss" not in unreachable.stdout + unreachable.stderr
 
 
 def test_a_missing_external_id_variable_stops_the_daemon(env: dict[str, str]) -> None:
