@@ -7,8 +7,9 @@ AWS's ``ValidationFailureReason``; ``PaymentDue`` (the upfront difference paid n
 checked against the plan's ceilings.
 
 The call has no idempotency token (aws-commitment-apis.md §1), so it rests on the executor's protocol for such
-calls (docs/exactly-once.md): one plan at a time per set of source RIs (the intent's ``signature``), the intent
-and a durable send record before the call, and reconciliation by the sources' state. AWS retires the sources when
+calls (docs/exactly-once.md): one plan at a time per target offering, shared with RI purchases of it (the
+intent's ``signature``), the intent and a durable send record before the call, and reconciliation by the
+sources' state. AWS retires the sources when
 it exchanges them and refuses to exchange a retired RI, so an exchange cannot happen twice; whether it happened is
 read from the sources: all still active means nothing was done, all retired means the exchange happened, and the
 new RI is then found by the target offering's attributes, the count, and a start at or after AWS's own time when
@@ -209,8 +210,10 @@ class AcceptReservedInstancesExchangeQuote(Action[AcceptExchangeQuoteParams, RiE
             new_ri_end=quote["OutputReservedInstancesWillExpireAt"],
             started_after=started_after,
             commitment_usd=total,
-            # One plan at a time per set of sources: reconciliation reads their state.
-            signature=f"ec2-ri-exchange:{aws.account.account_id}:{aws.region}:{','.join(source_ids)}",
+            # One plan at a time per target offering, shared with RI purchases of that offering: the new RI is found
+            # by the offering's attributes, count and start, which another exchange into it, or a purchase of it,
+            # would match too. (Two plans on the same sources cannot both succeed: AWS refuses a retired RI.)
+            signature=f"ec2-ri:{aws.account.account_id}:{aws.region}:{offering['ReservedInstancesOfferingId']}",
         )
 
     def _one_offering(self, aws: PlanHandle, target: ExchangeTargetConfiguration) -> dict[str, Any]:

@@ -232,7 +232,9 @@ def test_exchange_example_under_the_production_role_retires_the_sources_and_clai
     assert record.result["payment_due_usd"] == "0.00"
     assert 0 < float(record.result["commitment_usd"]) <= 1200
     assert state_of(sandbox, EXCHANGE_RI) == "retired" and new["state"] == "active"
-    assert record.idempotency == {"kind": "none", "value": f"ec2-ri-exchange:{ACCOUNT}:{REGION}:{EXCHANGE_RI}"}
+    # One plan at a time per target offering, shared with purchases of it.
+    target = record.intent["target"]["offering_id"]
+    assert record.idempotency == {"kind": "none", "value": f"ec2-ri:{ACCOUNT}:{REGION}:{target}"}
     checked = eventually(lambda: (r := runtime.ledger.get(record.plan_id)) and r.verification != "due" and r,
                          "the look-alike check")
     assert checked.verification == "clean" and checked.state.value == "succeeded"
