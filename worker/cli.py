@@ -14,14 +14,19 @@ import click
 from config.settings import ConfigurationError, load_settings
 
 
-def _runtime() -> Any:
+def _runtime(daemon: bool = False) -> Any:
+    """The runtime for a command. A one-shot command (submit, plans, audit…) logs warnings and errors only, so its
+    output is what it prints, unless COMMITD_LOG_LEVEL asks for more; the daemons log at COMMITD_LOG_LEVEL."""
+    import os
+
     from config.settings import get_settings
     from worker.logs import configure_logging
     from worker.runtime import get_runtime
 
     try:
         settings = get_settings()
-        configure_logging(settings.log_format, settings.log_level)
+        quiet = not daemon and "COMMITD_LOG_LEVEL" not in os.environ
+        configure_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
         runtime = get_runtime()
         runtime.accounts  # noqa: B018  (fail now, naming the setting, if the account file is wrong)
         return runtime
@@ -94,7 +99,7 @@ def submit(source: Any) -> None:
 @main.command()
 def intake() -> None:
     """Run the intake: read plans from the Redis stream, sweep scheduled and stalled plans."""
-    runtime = _runtime()
+    runtime = _runtime(daemon=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"commitd intake reading {runtime.key('plans')}", err=True)
@@ -110,7 +115,7 @@ def intake() -> None:
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
 def worker(queues: str | None, concurrency: int, pool: str) -> None:
     """Run a Celery worker for the family queues."""
-    _runtime()
+    _runtime(daemon=True)
     from tasks.families import FAMILIES
     from worker.celery_app import app
 

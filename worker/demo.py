@@ -206,10 +206,20 @@ def private_redis(directory: Path) -> Iterator[str]:
 
 @contextmanager
 def demo_redis(directory: Path) -> Iterator[tuple[str, bool]]:
-    """(url, private): COMMITD_REDIS_URL when it answers, else a private redis-server."""
+    """(url, private): a private redis-server, unless COMMITD_REDIS_URL is set (then that Redis, if it answers,
+    under a key prefix of this run only). A Redis that merely happens to listen on the default port is never
+    touched unless the user points the demo at it."""
     from config.settings import mask_url
 
-    url = os.environ.get("COMMITD_REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = os.environ.get("COMMITD_REDIS_URL")
+    if url is None:
+        if shutil.which("redis-server") is None:
+            raise DemoUnavailable(f"redis-server is not installed: {INSTALL_HINT}, or set COMMITD_REDIS_URL to a "
+                                  "Redis that answers")
+        with private_redis(directory) as private_url:
+            say(f"redis    started a private redis-server at {private_url} (set COMMITD_REDIS_URL to use yours)")
+            yield private_url, True
+        return
     if redis_answers(url):
         say(f"redis    {mask_url(url)} answers; this demo uses only keys under its own prefix")
         yield url, False

@@ -169,3 +169,10 @@ def test_schema_by_contract_version(env: dict[str, str]) -> None:
     assert json.loads(commitd(env, "schema", "--version", "1").stdout)["envelope"]["properties"]["version"]
     unknown = commitd(env, "schema", "--version", "2")
     assert unknown.returncode == 1 and "version 2 is not one this build accepts (accepted: 1)" in unknown.stderr
+
+
+def test_submit_prints_only_its_own_lines(runtime: Runtime, env: dict[str, str]) -> None:
+    quiet_env = {k: v for k, v in env.items() if k != "COMMITD_LOG_LEVEL"}
+    result = commitd(quiet_env, "submit", "-", stdin=json.dumps(ri_plan("cli-quiet")))
+    assert result.returncode == 0 and result.stdout == "cli-quiet\tqueued\n"
+    assert result.stderr == "", "no log lines around the command's output"

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tasks.families import FAMILIES
-from tests.spine.conftest import ROOT, free_port
+from tests.spine.conftest import ROOT
 
 # plan id → (final state, pattern its "result" cell must match), as the final table reports them.
 OUTCOMES = {
@@ -83,8 +83,7 @@ def test_demo_runs_the_whole_path_with_a_private_redis() -> None:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "COMMITD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-    }
+    }  # no COMMITD_REDIS_URL: the demo must start its own Redis, never use one that happens to listen on 6379
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
