@@ -15,6 +15,7 @@ mutants:  ## mutation testing of the money path, files mutated in place; writes 
 chaos:  ## the chaos run alone: faults injected, a worker SIGKILLed, ledger == ground truth
 	scripts/test tests/spine/test_chaos.py
 
-bench:  ## every bench/*.py with its defaults (figures only; nothing fails on them)
+bench:  ## bench/throughput.py (writes bench/results/latest.{json,md,png}), then every other bench/*.py; figures only
 	scripts/bootstrap
-	set -e; for script in bench/*.py; do echo "== $$script"; $(PYTHON) $$script; done
+	set -e; for script in bench/throughput.py $$(ls bench/*.py | grep -v '^bench/throughput.py$$'); do \
+		echo "== $$script"; $(PYTHON) $$script; done

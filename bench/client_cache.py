@@ -1,12 +1,13 @@
-"""AWS sessions at scale: assumed-role clients for many accounts from one shared botocore session.
+"""AWS sessions at scale: many accounts × regions through one ``worker.aws.AwsSessions``, as the executor uses it.
 
-For N accounts (default 1000), each assumes its role in the sandbox and builds an EC2 read client, through
-``worker.aws.AwsSessions`` exactly as the executor does. Prints the time per new client, the time for a cached
-one, and the process's peak RSS, with the client cache at its default size and with room for every account.
+For N accounts (default 1000) in 3 regions, each account assumes its role in the sandbox (a child process, so the
+RSS is commitd's) and makes one read call in every region, through the clients every account shares. Prints the
+time of a first call for an account (AssumeRole + the call), of a later call, the clients built, the cache's bytes,
+its hit rate, and the process's RSS.
 
-    .venv/bin/python bench/client_cache.py [--accounts 1000]
+    .venv/bin/python bench/client_cache.py [--accounts 1000] [--regions 3]
 
-ROADMAP target (informational): ≤ 300 MB RSS with 1,000 accounts cached.
+Target (issue 8): ≤ 300 MB RSS per worker process with 1,000 accounts × 3 regions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from config.accounts import AccountConfig
 from config.settings import Settings
@@ -25,26 +27,31 @@ from tasks.families import EC2_RESERVED_INSTANCES
 from worker.aws import AwsSessions
 from worker.logs import configure_logging
 
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+POLICY = ["ec2:DescribeReservedInstances"]
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
-def timed(sessions: AwsSessions, accounts: list[AccountConfig]) -> list[float]:
+def timed_reads(sessions: AwsSessions, accounts: list[AccountConfig], regions: tuple[str, ...]) -> list[float]:
     times = []
     for account in accounts:
-        started = time.perf_counter()
-        sessions.client(account, "us-east-1", "ec2", EC2_RESERVED_INSTANCES, "read", "bench")
-        times.append((time.perf_counter() - started) * 1000)
+        for region in regions:
+            started = time.perf_counter()
+            sessions.call(account, region, "ec2", EC2_RESERVED_INSTANCES, "read", "bench", POLICY,
+                          "describe_reserved_instances", {})
+            times.append((time.perf_counter() - started) * 1000)
     return times
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1000)
-    parser.add_argument("--cache-size", type=int, default=0, help="client cache size (default: one per account)")
+    parser.add_argument("--regions", type=int, default=3, choices=(1, 2, 3))
     args = parser.parse_args()
-    # The sandbox runs as a child process, so that this process's memory is commitd's alone.
+    regions = REGIONS[:args.regions]
     process = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -55,18 +62,21 @@ def main() -> int:
             AccountConfig(account_id=f"{200000000000 + n}", role_arn=f"arn:aws:iam::{200000000000 + n}:role/commitd")
             for n in range(args.accounts)
         ]
-        print(f"start: peak RSS {peak_rss_mb():.0f} MB")
-        cache_size = args.cache_size or args.accounts
-        sessions = AwsSessions(Settings(aws_endpoint_url=url.group(1), client_cache_size=cache_size))
-        new = timed(sessions, accounts)
-        cached = timed(sessions, accounts[-min(100, cache_size):])  # still in the client cache
-        rebuilt = timed(sessions, accounts[:100]) if cache_size < args.accounts else []  # evicted; credentials kept
-        print(f"{args.accounts} accounts, client cache {cache_size}:")
-        print(f"  new account (AssumeRole + client)      p50 {statistics.median(new):7.2f} ms")
-        if rebuilt:
-            print(f"  evicted client, credentials cached     p50 {statistics.median(rebuilt):7.2f} ms")
-        print(f"  cached client                          p50 {statistics.median(cached):7.3f} ms")
-        print(f"  peak RSS {peak_rss_mb():.0f} MB (target ≤ 300 MB with 1,000 accounts cached)")
+        start = rss_mb()
+        sessions = AwsSessions(Settings(aws_endpoint_url=url.group(1)))
+        first = timed_reads(sessions, accounts, regions)
+        again = timed_reads(sessions, accounts[:100], regions)
+        stats = sessions.stats()
+        lookups = stats["client_hits"] + stats["client_misses"]
+        print(f"{args.accounts} accounts × {len(regions)} regions, one read call each:")
+        print(f"  first calls of an account (AssumeRole + call)  p50 {statistics.median(first):7.2f} ms")
+        print(f"  later calls (credentials and client cached)    p50 {statistics.median(again):7.2f} ms")
+        print(f"  clients built {stats['client_misses']}, kept {stats['clients']} "
+              f"({stats['client_bytes'] / 2**20:.1f} MB by the cache's estimate), hit rate "
+              f"{stats['client_hits'] / lookups:.4f} of {lookups} lookups; {stats['assume_role_calls']} AssumeRole "
+              f"calls, {stats['read_credentials']} read sessions kept")
+        print(f"  RSS {start:.0f} MB at start, {rss_mb():.0f} MB after (peak "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB); target ≤ 300 MB")
     finally:
         process.terminate()
         process.wait()

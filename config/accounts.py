@@ -11,9 +11,9 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from config.permissions import EXTRA_PERMISSIONS
 from config.settings import ConfigurationError
@@ -47,6 +47,16 @@ class AccountConfig(BaseModel):
         default_factory=list, description="optional blocks of the production role this customer granted"
     )
     limits: AccountLimits = Field(default_factory=lambda: AccountLimits())
+    renewal: Any = Field(None, description="scheduled renewals: a worker.renewals.RenewalPolicy (docs/renewals.md)")
+
+    @field_validator("renewal")
+    @classmethod
+    def _renewal_policy(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from worker.renewals import RenewalPolicy  # not at the top: worker.renewals imports this module
+
+        return RenewalPolicy.model_validate(value)
 
     @model_validator(mode="after")
     def _one_external_id_source(self) -> AccountConfig:

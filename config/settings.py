@@ -98,9 +98,39 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(5.0, gt=0, description="seconds between scans for stalled and due plans")
     stalled_after: float = Field(300.0, gt=0, description="a queued plan with no worker for this long is re-sent")
+    retention_plans_days: float | None = Field(
+        None, ge=0, description="terminal plans settled longer ago are replaced by their tombstone; unset: kept"
+    )
+    retention_stream_days: float | None = Field(
+        None, ge=0, description="intake stream entries (once recorded) and dead letters (once archived) older than "
+        "this are trimmed; unset: kept"
+    )
+    retention_interval: float = Field(3600.0, gt=0, description="seconds between the intake's retention runs")
+    results_maxlen: int = Field(10_000, ge=100, description="entries kept in the results stream (approximate)")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="how often each worker process says it is alive")
+    notify_webhook_url: SecretStr | None = Field(None, description="webhook for notifications (docs/observability.md)")
+    notify_events: str = Field("needs_attention,failed,awaiting_approval,succeeded",
+                               description="which plan outcomes are notified, comma-separated")
+    notify_timeout_seconds: float = Field(5.0, gt=0)
+    notify_attempts: int = Field(5, ge=1)
+    notify_backoff_seconds: float = Field(1.0, gt=0)
+    notify_reclaim_seconds: float = Field(60.0, gt=0)
+    notify_max_deliveries: int = Field(10, ge=1)
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
     client_cache_size: int = Field(128, ge=1, description="boto3 clients kept (LRU); an EC2 client holds about 1.4 MB")
+    audit_key_file: FilePath | None = Field(
+        None, description="keyed audit trail: a file of at least 16 random bytes; every entry and checkpoint carries "
+        "its HMAC-SHA256, so no one without the file can rewrite the trail unnoticed (docs/audit.md)"
+    )
+    audit_retention_days: float = Field(
+        30.0, ge=0, description="audit entries older than this are archived and trimmed from Redis (only with "
+        "COMMITD_AUDIT_ARCHIVE_DIR set: nothing is trimmed without being exported)"
+    )
+    audit_archive_dir: Path | None = Field(
+        None, description="where the archive step writes trimmed audit entries as JSON Lines, each file with its "
+        "checkpoint; unset: the audit trail is never trimmed"
+    )
 
     def redis_options(self) -> dict[str, Any]:
         """Timeouts and health checks every Redis connection of commitd's uses (redis-py and Celery's broker)."""
@@ -148,6 +178,15 @@ class Settings(BaseSettings):
             raise ValueError("COMMITD_REDIS_SENTINEL_USERNAME/PASSWORD set, but COMMITD_REDIS_URL is not a "
                              "sentinel URL")
         return self
+
+    @field_validator("audit_key_file")
+    @classmethod
+    def _audit_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from worker.audit import read_key_file
+
+            read_key_file(value)  # too short or unreadable stops the daemon at start; the error never shows the key
+        return value
 
     @field_validator("key_prefix")
     @classmethod

@@ -21,7 +21,7 @@ from sandbox.catalogue import Catalogue
 from sandbox.clock import SandboxClock
 from sandbox.errors import ACCESS_DENIED_CODES, SERVER_ERRORS, THROTTLE_ERRORS, AwsError, missing_parameter
 from sandbox.faults import FaultInjector, FaultRule
-from sandbox.iam import IamEnforcer
+from sandbox.iam import CallRequest, IamEnforcer
 from sandbox.protocol import (
     Caller,
     WireResponse,
@@ -104,7 +104,10 @@ class SandboxApp:
         def error(err: AwsError) -> WireResponse:
             return serialize_error(service, operation, err, request_id)
 
-        if not self.iam.check(caller.access_key, iam_action):
+        call = CallRequest(self.account_for(caller.access_key), caller.region, lambda: parse_params(
+            service, operation, request.method, request.path, request.query_string.decode(), request.headers, body,
+            url_params))
+        if not self.iam.check(caller.access_key, iam_action, call):
             code, status = ACCESS_DENIED_CODES[service]
             return error(
                 AwsError(code, f"You are not authorized to perform this operation: {iam_action}", status)

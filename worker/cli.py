@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -103,6 +104,9 @@ def intake() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"commitd intake reading {runtime.key('plans')}", err=True)
+    from worker.notify import start_notifier
+
+    start_notifier(runtime, stop)
     try:
         _intake(runtime).run_forever(stop)
     except KeyboardInterrupt:
@@ -112,14 +116,17 @@ def intake() -> None:
 @main.command()
 @click.option("--queues", default=None, help="comma-separated family queues (default: all)")
 @click.option("--concurrency", default=2, show_default=True, type=int)
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]),
+              help="prefork: a process per plan in flight; threads: 16-64 plans in flight per process, for work that "
+                   "waits on AWS (docs/performance.md)")
 def worker(queues: str | None, concurrency: int, pool: str) -> None:
     """Run a Celery worker for the family queues."""
     _runtime(daemon=True)
     from tasks.families import FAMILIES
     from worker.celery_app import app
+    from worker.renewals import QUEUE as RENEWALS_QUEUE
 
-    names = queues or ",".join(f.queue for f in FAMILIES)
+    names = queues or ",".join([*(f.queue for f in FAMILIES), RENEWALS_QUEUE])
     app.worker_main(["worker", "-Q", names, "-c", str(concurrency), "-P", pool, "--without-gossip",
                      "--without-mingle", "-l", "INFO"])
 
@@ -253,12 +260,29 @@ def plans_purge(older_than_days: float, states: tuple[str, ...], yes: bool) -> N
         count = sum(1 for s in chosen for r in runtime.ledger.list(s) if r.updated_at < cutoff)
         click.echo(f"{count} plans would be purged; add --yes")
         return
+    from worker.retention import purge_settled_plans
+
     try:
-        purged = runtime.ledger.purge(chosen, cutoff, stream=runtime.key("plans"),
-                                      replay_seconds=runtime.settings.visibility_timeout)
-        click.echo(f"{purged} plans purged")
+        purged, busy = purge_settled_plans(runtime.ledger, cutoff, frozenset(chosen))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    runtime.ledger.trim_tombstones(runtime.key("plans"), runtime.settings.visibility_timeout)
+    click.echo(f"{purged} plans purged" + (f"; {busy} changed meanwhile or still being checked: run it again later"
+                                           if busy else ""))
+
+
+@main.group()
+def retention() -> None:
+    """Keep Redis flat: purge settled plans, trim the intake stream, archive dead letters and the audit trail."""
+
+
+@retention.command("run")
+def retention_run() -> None:
+    """One retention run now, with the COMMITD_RETENTION_* settings (the intake also runs it on a schedule)."""
+    from worker.retention import run_retention
+
+    report = run_retention(_runtime())
+    click.echo(json.dumps(report.as_dict(), indent=2, default=str))
 
 
 # --- organization sub-account transfer -----------------------------------------------------------------------
@@ -384,33 +408,68 @@ def transfer_resume(transfer_id: str, wait: bool, timeout: float, as_json: bool)
 # --- audit ---------------------------------------------------------------------------------------------------
 @main.group()
 def audit() -> None:
-    """The hash-chained audit trail."""
+    """The chained audit trail (docs/audit.md)."""
 
 
 @audit.command("tail")
 @click.option("--plan", "plan_id", default=None)
-@click.option("-n", "count", default=20, show_default=True)
+@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(min=1))
 def audit_tail(plan_id: str | None, count: int) -> None:
+    """The last N entries, oldest first (read backwards from the end, only as far as needed)."""
     runtime = _runtime()
-    rows = list(runtime.audit.records(plan_id=plan_id))[-count:]
-    for row in rows:
+    for row in runtime.audit.tail(count, plan_id):
         click.echo(json.dumps(row, sort_keys=True))
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option("--archive", "archive_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="the archive directory to check against Redis [default: COMMITD_AUDIT_ARCHIVE_DIR]")
+@click.option("--full", is_flag=True, help="also check every entry of every archive file (slow), not only their "
+              "checkpoints")
+def audit_verify(archive_dir: Path | None, full: bool) -> None:
+    """Check the trail in Redis from its checkpoint, and the archive's checkpoints. Exit 0: intact; 1: broken
+    (altered, removed, inserted or reordered entries, or a checkpoint that does not match); 3: not verifiable
+    here (keyed entries without the key, or another key)."""
+    from worker.archive import verify_archive
+
     runtime = _runtime()
     result = runtime.audit.verify()
-    if result.ok:
-        click.echo(f"audit trail intact: {result.entries} entries")
+    mode = f"keyed (HMAC-SHA256, key id {runtime.audit.key.id})" if runtime.audit.key else "unkeyed (SHA-256)"
+    if result.unverifiable:
+        click.echo(f"audit trail NOT VERIFIED: {result.reason}", err=True)
+        sys.exit(3)
+    if not result.ok:
+        where = f" at entry {result.broken_entry} (entry {result.entries})" if result.broken_entry else ""
+        click.echo(f"audit trail BROKEN{where}: {result.reason}", err=True)
+        sys.exit(1)
+    since = (f", from checkpoint #{result.checkpoint.seq} ({result.checkpoint.entries} entries archived)"
+             if result.checkpoint else "")
+    click.echo(f"audit trail intact: {result.entries} entries in Redis in {result.chains} chains{since}; {mode}")
+    if result.lost:
+        click.echo(f"warning: {result.lost} chains lost their last entry (audit_chain_lost: a Redis failover or a "
+                   "restart without fsync, or a removal): `commitd audit tail` shows the events", err=True)
+    directory = archive_dir or runtime.settings.audit_archive_dir
+    if directory is None:
         return
-    click.echo(f"audit trail BROKEN at entry {result.broken_entry} (entry {result.entries}): {result.reason}", err=True)
-    sys.exit(1)
+    check = verify_archive(directory, runtime.audit.key, result.checkpoint, full)
+    if check.unverifiable:
+        click.echo(f"audit archive NOT VERIFIED: {check.file or directory}: {check.reason}", err=True)
+        sys.exit(3)
+    if not check.ok:
+        click.echo(f"audit archive BROKEN: {check.file or directory}: {check.reason}", err=True)
+        sys.exit(1)
+    if not check.files:
+        click.echo(f"audit archive: no files in {directory} yet (nothing archived)")
+        return
+    scope = f"{check.entries} entries checked" if full else "checkpoints checked"
+    first = f" from checkpoint #{check.first_seq}" if check.first_seq and check.first_seq > 1 else ""
+    click.echo(f"audit archive intact: {check.files} files{first} ({scope}), the newest is Redis's checkpoint")
 
 
 @audit.command("export")
-@click.option("--since", default=None, help="RFC 3339 time; only entries at or after it")
+@click.option("--since", default=None, help="RFC 3339 time; only entries Redis added at or after it")
 def audit_export(since: str | None) -> None:
+    """Entries as JSON Lines (read from the time given, not filtered after reading everything)."""
     runtime = _runtime()
     start = None
     if since:
@@ -424,15 +483,32 @@ def audit_export(since: str | None) -> None:
         click.echo(json.dumps(row, sort_keys=True))
 
 
-@main.command()
-def metrics() -> None:
-    """The counters to alert on (duplicates suspected, sends after a lost lease, plans needing attention)."""
+@audit.command("archive")
+@click.option("--older-than-days", type=click.FloatRange(min=0), default=None,
+              help="archive entries older than this [default: COMMITD_AUDIT_RETENTION_DAYS]")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[default: COMMITD_AUDIT_ARCHIVE_DIR]")
+@click.option("--adopt-unkeyed", is_flag=True, help="keyed mode: seal entries written before the key was set "
+              "under a keyed checkpoint (once, after every process has the key)")
+def audit_archive(older_than_days: float | None, directory: Path | None, adopt_unkeyed: bool) -> None:
+    """Export the entries older than the retention to the archive directory, then trim them from Redis (what the
+    intake's retention run does every COMMITD_RETENTION_INTERVAL). Exit 1 if the entries do not verify: they are
+    then left in Redis."""
+    from worker.archive import ArchiveBusy, run_archive
+
     runtime = _runtime()
-    counts = runtime.metrics.all()
-    for name in ("needs_attention", "duplicates_suspected", "sent_after_lease_lost"):
-        counts.setdefault(name, 0)
-    for name, value in sorted(counts.items()):
-        click.echo(f"{name}\t{value}")
+    try:
+        run = run_archive(runtime, older_than_days, directory, seconds=None, adopt_unkeyed=adopt_unkeyed)
+    except (ValueError, ArchiveBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    for done in run.files:
+        if done.path is not None and done.checkpoint is not None:
+            click.echo(f"{done.path}\t{done.entries} entries\tcheckpoint #{done.checkpoint.seq} "
+                       f"{done.checkpoint.digest}")
+    if run.refused is not None:
+        click.echo(f"audit trail BROKEN, nothing more archived: {run.refused}", err=True)
+        sys.exit(1)
+    click.echo(f"{run.entries} entries archived" if run.entries else "nothing to archive")
 
 
 # --- schema and configuration --------------------------------------------------------------------------------
@@ -555,6 +631,27 @@ def demo(keep: bool) -> None:
     from worker.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
+
+
+# Command groups that live in their own modules (each imports this module only when a command runs).
+from worker.operator_cli import exchange, resale  # noqa: E402
+from worker.renewals_cli import beat, renewals  # noqa: E402
+
+main.add_command(resale)
+main.add_command(exchange)
+main.add_command(renewals)
+main.add_command(beat)
+from worker.prometheus import metrics  # noqa: E402  (commitd metrics, commitd metrics serve)
+from worker.status import status  # noqa: E402
+
+main.add_command(metrics)
+main.add_command(status)
+
+from worker.health import health  # noqa: E402
+from worker.policy import policy  # noqa: E402
+
+main.add_command(policy)
+main.add_command(health)
 
 
 if __name__ == "__main__":

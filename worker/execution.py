@@ -49,14 +49,17 @@ def derive_token(plan_id: str) -> str:
 def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action[Any, Any]]) -> str:
     """Run one plan as far as it can go now. Returns the plan's state afterwards (or why it was not run).
     Raises ``RequeueLater`` when the plan must wait (the task re-queues it)."""
-    # The lease first (one round trip), then the record: a message for a settled plan costs no more than that.
+    # The lease and the record in one round trip (the record is read after the lease is taken): a message for a
+    # settled plan costs no more than that.
     lease = Lease(runtime.redis, runtime.key("lease", plan_id), runtime.worker_id, runtime.settings.lease_seconds)
-    if not lease.acquire():
+    acquired, raw = lease.acquire_reading(runtime.key("plan", plan_id), "record")  # the ledger's record of the plan
+    if not acquired:
         log.info("plan_leased_elsewhere", plan_id=plan_id)
         return "leased_elsewhere"
     with lease:
         try:
-            return _run_leased(runtime, plan_id, actions, lease).value
+            record = PlanRecord.model_validate_json(raw) if raw is not None else None
+            return _run_leased(runtime, record, plan_id, actions, lease).value
         except ConcurrentUpdate:
             log.warning("plan_changed_concurrently", plan_id=plan_id)
             return "concurrent_update"
@@ -67,9 +70,9 @@ def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action[Any, Any]
             return "not_found"
 
 
-def _run_leased(runtime: Runtime, plan_id: str, actions: dict[str, Action[Any, Any]], lease: Lease) -> PlanState:
+def _run_leased(runtime: Runtime, record: PlanRecord | None, plan_id: str, actions: dict[str, Action[Any, Any]],
+                lease: Lease) -> PlanState:
     ledger = runtime.ledger
-    record = ledger.get(plan_id)
     if record is None:
         log.warning("plan_not_found", plan_id=plan_id)
         raise _NotFound()

@@ -495,13 +495,18 @@ class Intake:
 
     def run_forever(self, stop: threading.Event, consumer: str | None = None) -> None:
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        last_sweep = 0.0
+        last_sweep = last_retention = 0.0
         while not stop.is_set():
             try:
                 self.consume_once(consumer, block_ms=500)
                 if time.monotonic() - last_sweep >= self.runtime.settings.sweep_interval:
                     self.sweep()
                     last_sweep = time.monotonic()
+                if time.monotonic() - last_retention >= self.runtime.settings.retention_interval:
+                    from worker.retention import run_retention  # imports this module
+
+                    last_retention = time.monotonic()
+                    run_retention(self.runtime)
             except redis.RedisError as exc:
                 log.error("intake_redis_error", error=str(exc))
                 stop.wait(1.0)

@@ -64,11 +64,22 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        if not self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms):
-            return False
+        return self.acquire_reading(None, None)[0]
+
+    def acquire_reading(self, key: str | None, hash_field: str | None) -> tuple[bool, bytes | None]:
+        """Take the lease and read one hash field, in one round trip (a pipeline: Redis runs the read after the
+        ``SET NX``, so it sees what the new holder would have read next). The value is None when the lease was not
+        taken: it must not be used then."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.key, self.owner, nx=True, px=self.ttl_ms)
+        if key is not None and hash_field is not None:
+            pipe.hget(key, hash_field)
+        replies = pipe.execute()
+        if not replies[0]:
+            return False, None
         self._thread = threading.Thread(target=self._heartbeat, name=f"lease:{self.key}", daemon=True)
         self._thread.start()
-        return True
+        return True, replies[1] if len(replies) > 1 else None
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from worker.audit import AuditLog, prepare
+from worker.audit import AuditKey, AuditLog, lua_append, lua_check
 from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
 
 IN_FLIGHT_STATES = frozenset({PlanState.RECEIVED, PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
@@ -37,6 +37,9 @@ def _sweep_score(record: PlanRecord) -> str:
         at = max(at, datetime.fromisoformat(not_before).timestamp())
     return str(at)
 
+# KEYS: plan, old state index, new state index, audit stream, audit meta, plan index, in-flight index. ARGV: old
+# version ('' to create), new version, record, plan id, received-at score, sweep score, then the audit entry
+# (worker.audit: the chain's previous id and the entry's fields).
 _WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
@@ -44,16 +47,14 @@ if ARGV[1] == '' then
 elseif v ~= ARGV[1] then
   return {0, 'version'}
 end
-local head = redis.call('GET', KEYS[5]) or ''
-if head ~= ARGV[5] then return {0, 'audit', head} end
+""" + lua_check(4, 5, 7) + """
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[2])
 if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], ARGV[4]) end
 redis.call('SADD', KEYS[3], ARGV[4])
-if ARGV[1] == '' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[4]) end
-if ARGV[10] == '' then redis.call('ZREM', KEYS[7], ARGV[4]) else redis.call('ZADD', KEYS[7], ARGV[10], ARGV[4]) end
-local id = redis.call('XADD', KEYS[4], '*', 'data', ARGV[7], 'prev', ARGV[6], 'hash', ARGV[8])
-redis.call('SET', KEYS[5], ARGV[8])
-return {1, id}
+if ARGV[1] == '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4]) end
+if ARGV[6] == '' then redis.call('ZREM', KEYS[7], ARGV[4]) else redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4]) end
+""" + lua_append(4, 5, 7) + """
+return {1, audit_id}
 """
 
 
@@ -110,10 +111,11 @@ def _text(value: Any) -> str:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, audit_key: AuditKey | None | bool = True) -> None:
+        """``audit_key``: the audit trail's HMAC key, None for unkeyed, True for the runtime settings' key."""
         self.redis = client
         self.prefix = prefix
-        self.audit = AuditLog(client, prefix)
+        self.audit = AuditLog(client, prefix, audit_key)
         self._write = client.register_script(_WRITE)
 
     # --- keys -----------------------------------------------------------------------------------------------
@@ -163,48 +165,26 @@ class Ledger:
 
     # --- writes ---------------------------------------------------------------------------------------------
     def _commit(self, old: PlanRecord | None, new: PlanRecord, audit: dict[str, Any]) -> PlanRecord:
+        """The compare-and-set and its audit entry, in one script call. The entry goes on this writer's own chain,
+        so the call never waits on or retries against another writer's append."""
         new.version = (old.version if old else 0) + 1
-        for _ in range(100):
-            entry = prepare(self.audit.known_head(), audit)
-            reply = self._write(
-                keys=[
-                    self._plan_key(new.plan_id),
-                    self._state_key(old.state if old else new.state),
-                    self._state_key(new.state),
-                    self.audit.stream,
-                    self.audit.head_key,
-                    self._index_key,
-                    self._in_flight_key,
-                ],
-                args=[
-                    str(old.version) if old else "",
-                    str(new.version),
-                    new.model_dump_json(),
-                    new.plan_id,
-                    entry.raw_head,
-                    entry.prev,
-                    entry.data_json,
-                    entry.hash,
-                    new.received_at.timestamp(),
-                    _sweep_score(new),
-                ],
-            )
-            ok, detail = reply[0], reply[1]
-            if ok:
-                from worker.audit import log
-
-                self.audit.head_hint = entry.hash
-                fields = json.loads(entry.data_json)
-                log.info(fields.pop("event", "plan"), **fields)
-                return new
-            reason = _text(detail)
-            if reason == "exists":
-                raise PlanExists(new.plan_id)
-            if reason == "version":
-                raise ConcurrentUpdate(new.plan_id)
-            # 'audit': another writer appended first; prepare again on the head it reported.
-            self.audit.head_hint = _text(reply[2])
-        raise ConcurrentUpdate(f"{new.plan_id}: audit head kept moving")
+        keys = [
+            self._plan_key(new.plan_id),
+            self._state_key(old.state if old else new.state),
+            self._state_key(new.state),
+            self.audit.stream,
+            self.audit.meta_key,
+            self._index_key,
+            self._in_flight_key,
+        ]
+        args = [str(old.version) if old else "", str(new.version), new.model_dump_json(), new.plan_id,
+                new.received_at.timestamp(), _sweep_score(new)]
+        reply = self.audit.scripted(self._write, keys, args, audit)
+        if reply[0] == 1:
+            return new
+        if _text(reply[1]) == "exists":
+            raise PlanExists(new.plan_id)
+        raise ConcurrentUpdate(new.plan_id)
 
     def create(self, record: PlanRecord, note: str = "") -> PlanRecord:
         record.history = [Transition(state=record.state, at=record.received_at, note=note)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
@@ -21,15 +21,19 @@ from worker.aws import AwsSessions
 from worker.durability import SendRecordDurability
 from worker.ledger import Ledger
 from worker.metrics import Metrics
+from worker.redis_connect import redis_client
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    _per_thread: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, **self.settings.redis_options())
+        """The pooled client of the ledger, intake, audit, leases and metrics (``worker.redis_connect``: a plain
+        or TLS URL, or the master the sentinels name)."""
+        return redis_client(self.settings)
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -49,18 +53,29 @@ class Runtime:
         running worker sees a limit lowered or an action withdrawn before its next send)."""
         return self._accounts.current()
 
-    @cached_property
+    @property
     def send_record_redis(self) -> Redis:
-        """One connection for a send record and the wait for its durability (WAIT counts this connection's writes)."""
-        return redis.Redis.from_url(self.settings.redis_url, single_connection_client=True,
-                                    **self.settings.redis_options())
+        """One connection for a send record and the wait for its durability (WAIT counts this connection's writes),
+        per thread: a threads pool runs plans side by side, and redis-py's single-connection client is not safe to
+        share between threads (replies would reach the wrong caller).
+        With Sentinel it is a connection to the current master; a failover breaks it, and the next command opens
+        one to the new master. A command is never retried on the new connection by itself, so a WAIT always asks
+        about the writes made on the connection it runs on."""
+        client: Redis | None = getattr(self._per_thread, "send_record_redis", None)
+        if client is None:
+            client = self._per_thread.send_record_redis = redis_client(self.settings, single_connection=True)
+        return client
 
-    @cached_property
+    @property
     def send_record_durability(self) -> SendRecordDurability:
-        """How send records are made durable: detected once and re-checked once a minute, per process."""
-        s = self.settings
-        return SendRecordDurability(self.send_record_redis, s.send_record_durability, s.durability_replicas,
-                                    s.durability_timeout_ms)
+        """How send records are made durable: detected once and re-checked once a minute, per thread (over that
+        thread's send record connection)."""
+        durability: SendRecordDurability | None = getattr(self._per_thread, "send_record_durability", None)
+        if durability is None:
+            s = self.settings
+            durability = self._per_thread.send_record_durability = SendRecordDurability(
+                self.send_record_redis, s.send_record_durability, s.durability_replicas, s.durability_timeout_ms)
+        return durability
 
     @cached_property
     def metrics(self) -> Metrics:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
+import redis
 from pydantic import BaseModel, ConfigDict
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -267,6 +268,8 @@ def _reconcile(run: PlanRun) -> PlanRecord | None:
         found: Reconciled = run.action.reconcile(run.handle, run.params, run.intent)
     except (LeaseLost, RequeueLater):
         raise
+    except redis.RedisError:
+        raise  # Redis failed, not AWS: this run stops; the plan is sent again and reconciles again
     except Exception as exc:
         run.last_error = describe(exc)
         log.warning("reconcile_failed", plan_id=run.plan_id, error=run.last_error)
@@ -430,11 +433,10 @@ def record_success(run: PlanRun, submitted: Submitted, note: str, reconciled: bo
                                 verification="due" if run.action.idempotency == Idempotency.NONE else None)
     except ConcurrentUpdate:
         return _settled_elsewhere(run, submitted)
-    run.release_lock()
-    if record.verification == "due":
-        from worker.verify import schedule_verification
+    from worker.verify import after_success
 
-        schedule_verification(run.runtime, run.action, run.plan_id)
+    # The signature lock released and the look-alike check made due, in one round trip.
+    after_success(run.runtime, run.action, run.plan_id, run.book.lock_key, due=record.verification == "due")
     return record
 
 

@@ -24,14 +24,34 @@ def verify_key(runtime: Runtime) -> str:
     return runtime.key("verify-due")
 
 
-def schedule_verification(runtime: Runtime, action: Action[Any, Any], plan_id: str) -> None:
+# After a plan's success: release its signature lock if it still holds it (RELEASE_IF_HELD), and make its
+# look-alike check due on Redis's clock; one script, so one round trip instead of three (the lock's release, TIME,
+# ZADD). KEYS: the lock, the due set. ARGV: the plan id, '1' to release the lock, the delay in seconds ('' for no
+# check).
+_AFTER_SUCCESS = """
+if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[3] ~= '' then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(ARGV[3]), ARGV[1])
+end
+return 1
+"""
+
+
+def after_success(runtime: Runtime, action: Action[Any, Any], plan_id: str, lock_key: str | None, due: bool) -> None:
+    """Release the plan's signature lock (if it has one) and, for a check due, schedule it: in the sorted set the
+    sweeper reads (so a lost task message does not lose it) and as a task with a countdown."""
     settings = runtime.settings
     delay = settings.consistency_delay_seconds + settings.send_margin_seconds
-    due = runtime.redis.time()[0] + delay
-    runtime.redis.zadd(verify_key(runtime), {plan_id: due})
-    from worker.celery_app import enqueue
+    if lock_key is None and not due:
+        return
+    script = runtime.redis.register_script(_AFTER_SUCCESS)
+    lock = lock_key or runtime.key("inflight", "none")  # not touched without a lock
+    script(keys=[lock, verify_key(runtime)], args=[plan_id, "1" if lock_key else "", str(delay) if due else ""])
+    if due:
+        from worker.celery_app import enqueue
 
-    enqueue(action.family, plan_id, countdown=delay)
+        enqueue(action.family, plan_id, countdown=delay)
 
 
 def due_verifications(runtime: Runtime, overdue_by: float) -> list[str]:

@@ -6,7 +6,7 @@ ignores OfferingClass and scope filters, and has no prices the purchase side cou
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -255,6 +255,8 @@ def purchase(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     now = ctx.now()
     start, state = now, "payment-pending"
     purchase_time = params.get("PurchaseTime")
+    if purchase_time is not None and purchase_time.tzinfo is None:  # the query protocol's parser drops the zone
+        purchase_time = purchase_time.replace(tzinfo=UTC)
     if purchase_time is not None and purchase_time > now:
         if offering["Scope"] != "Region" or offering["Marketplace"]:
             raise AwsError(

@@ -1,4 +1,5 @@
-"""STS: moto issues the credentials; the sandbox checks the ExternalId and remembers the session policy."""
+"""STS: moto issues the credentials; the sandbox checks the ExternalId, the caller's hub policy and the role's
+trust policy (sts:AssumeRole, and sts:SetSourceIdentity for a SourceIdentity), and remembers the session."""
 
 from __future__ import annotations
 
@@ -25,12 +26,11 @@ def assume_role(ctx: CallContext, params: dict[str, Any]) -> Any:
     if source_identity is not None and not _SESSION_NAME.match(source_identity):
         raise AwsError("ValidationError", "SourceIdentity does not match [\\w+=,.@-]{2,64}")
     expected = ctx.iam.external_id
-    if expected is not None and params.get("ExternalId") != expected:
-        raise AwsError(
-            "AccessDenied",
-            f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}",
-            403,
-        )
+    denied = "sts:AssumeRole" if expected is not None and params.get("ExternalId") != expected else None
+    denied = denied or ctx.iam.assume_role_denial(ctx.account_id, role_arn, params)
+    if denied is not None:
+        # AWS names the action refused and the role, never the ExternalId or the policy.
+        raise AwsError("AccessDenied", f"User is not authorized to perform: {denied} on resource: {role_arn}", 403)
     session_policy = None
     if params.get("Policy"):
         try:
@@ -47,6 +47,6 @@ def assume_role(ctx: CallContext, params: dict[str, Any]) -> Any:
     match = _ACCESS_KEY.search(response.body)
     if response.status == 200 and match:
         ctx.iam.remember_session(
-            match.group(1).decode(), AssumedSession(role_arn, session_name, session_policy)
+            match.group(1).decode(), AssumedSession(role_arn, session_name, session_policy, source_identity)
         )
     return response

@@ -26,6 +26,7 @@ from tests.families.harness import (
 from tests.production_role import PRODUCTION_ROLE_POLICY
 from tests.spine.conftest import ACCOUNT, EXTERNAL_ID, TAGGING_ACCOUNT
 from worker.ledger import PlanRecord
+from worker.policy import extras_policy
 from worker.runtime import Runtime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plans"
@@ -297,7 +298,9 @@ def test_requests_and_a_cancel_followed_across_worker_restarts_in_their_own_sess
 ) -> None:
     """Under the production role's policy (IAM enforced), each plan in its family's session."""
     warm(aws, ACCOUNT, TAGGING_ACCOUNT)
-    sandbox.set_iam(True, PRODUCTION_ROLE_POLICY, external_id=EXTERNAL_ID)
+    # The role's policy with the extras the tagging account grants: a fleet passes its role (iam:PassRole).
+    role = {"Version": "2012-10-17", "Statement": [*PRODUCTION_ROLE_POLICY["Statement"], *extras_policy()["Statement"]]}
+    sandbox.set_iam(True, role, external_id=EXTERNAL_ID)
     first = start_worker("first", concurrency=2)
     submit(intake_loop, example("ec2-request-spot-instances", "spot-restart"))
     submit(intake_loop, example("ec2-request-spot-fleet", "fleet-restart"))

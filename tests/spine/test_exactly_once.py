@@ -211,6 +211,11 @@ def test_a_purged_plan_resubmitted_or_replayed_is_never_bought_again(
     runtime.redis.xadd(runtime.key("plans"), {"plan": json.dumps(plan)})
     intake.consume_once("c1", block_ms=100)
     wait_for_state(runtime, "purged-1", {"succeeded"}, timeout=60)
+    # A plan whose look-alike check is still due is not purged yet: wait for the check.
+    deadline = time.monotonic() + 60
+    while runtime.ledger.get("purged-1").verification == "due":
+        assert time.monotonic() < deadline, "the look-alike check never ran"
+        time.sleep(0.1)
     done = commitd(env, "plans", "purge", "--older-than-days", "0", "--yes")
     assert done.returncode == 0 and done.stdout.startswith("1 plans purged"), done.stderr
     assert runtime.ledger.get("purged-1") is None

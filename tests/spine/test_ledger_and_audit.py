@@ -1,6 +1,7 @@
-"""The ledger's state machine and compare-and-set, and the hash-chained audit trail, on a real Redis.
+"""The ledger's state machine and compare-and-set, and the chained audit trail, on a real Redis.
 
 Tampering is done the way an attacker with Redis access would: by rebuilding the stream with the same entry ids.
+More of the audit trail (processes appending at once, keyed mode, the archive): test_audit_chain.py.
 """
 
 from __future__ import annotations
@@ -194,11 +195,12 @@ def test_every_transition_is_in_the_audit_stream(runtime: Runtime, intake: Any) 
     history = record.history
     assert len([r for r in rows if r["event"] != "plan_updated"]) == len(history)
     assert all(datetime.fromisoformat(r["at"]).tzinfo is not None for r in rows)
-    # The chain: each entry links to the previous one's hash.
+    # The chain: this process's thread wrote them all, each entry linking to the previous one's hash.
     raw = stream_entries(runtime)
+    assert len({f[b"w"] for _, f in raw}) == 1
     for (_, prev), (_, cur) in itertools.pairwise(raw):
-        assert cur[b"prev"] == prev[b"hash"]
-    assert runtime.redis.get(runtime.key("audit", "head")) == raw[-1][1][b"hash"]
+        assert cur[b"prev"] == prev[b"hash"] and int(cur[b"n"]) == int(prev[b"n"]) + 1
+    assert runtime.audit.head() == raw[-1][1][b"hash"].decode()
     assert runtime.audit.verify().ok
 
 
@@ -244,10 +246,11 @@ def test_verify_detects_an_altered_entry(runtime: Runtime, env: dict[str, str], 
     assert victim in cli.stderr and "BROKEN" in cli.stderr
 
     # Re-hashing the altered entry does not help: the next entry's link no longer matches.
-    from worker.audit import chain_hash
+    from worker.audit import entry_hash
 
     rehashed = [(eid, dict(f)) for eid, f in altered]
-    rehashed[2][1][b"hash"] = chain_hash(rehashed[2][1][b"prev"].decode(), rehashed[2][1][b"data"].decode()).encode()
+    fields = {k.decode(): v.decode() for k, v in rehashed[2][1].items()}
+    rehashed[2][1][b"hash"] = entry_hash(None, fields["w"], int(fields["n"]), fields["prev"], fields["data"]).encode()
     rebuild_stream(runtime, rehashed)
     result = runtime.audit.verify()
     assert not result.ok and result.broken_entry == trail[3][0] and "removed, inserted or reordered" in result.reason
@@ -261,7 +264,8 @@ def test_verify_detects_a_removed_entry(runtime: Runtime, env: dict[str, str], t
     assert cli.returncode != 0 and trail[4][0] in cli.stderr
 
     runtime.redis.xdel(runtime.key("audit"), trail[0][0])  # the very first one too
-    assert runtime.audit.verify().broken_entry == trail[1][0]
+    result = runtime.audit.verify()
+    assert result.broken_entry == trail[1][0] and "removed" in result.reason
 
 
 def test_verify_detects_reordered_entries(runtime: Runtime, trail: list[Any]) -> None:
@@ -274,21 +278,27 @@ def test_verify_detects_reordered_entries(runtime: Runtime, trail: list[Any]) ->
 
 
 def test_verify_detects_a_truncated_end(runtime: Runtime, env: dict[str, str], trail: list[Any]) -> None:
+    """The last entry removed: no chain link notices, the stream's count of entries ever added does."""
     runtime.redis.xdel(runtime.key("audit"), trail[-1][0])
     result = runtime.audit.verify()
-    assert not result.ok and result.broken_entry == trail[-2][0] and "head" in result.reason
+    assert not result.ok and result.broken_entry == trail[-2][0]
+    assert "1 entries were removed from the stream (6 ever added, 5 present, 0 archived)" in result.reason
     cli = commitd(env, "audit", "verify")
-    assert cli.returncode != 0 and "head" in cli.stderr
+    assert cli.returncode == 1 and "removed" in cli.stderr
 
     runtime.redis.delete(runtime.key("audit"))  # all of it
     result = runtime.audit.verify()
-    assert not result.ok and result.entries == 0
+    assert not result.ok and result.entries == 0 and "gone" in result.reason
+    # ... and a new trail begun in its place: the trail's recorded origin is not its first entry.
+    runtime.audit.append({"event": "after", "plan_id": "x"})
+    result = runtime.audit.verify()
+    assert not result.ok and f"the trail began at {trail[0][0]}" in result.reason
 
 
 def test_verify_cli_passes_on_an_intact_trail(runtime: Runtime, env: dict[str, str], trail: list[Any]) -> None:
     cli = commitd(env, "audit", "verify")
     assert cli.returncode == 0, cli.stderr
-    assert "intact" in cli.stdout and "6 entries" in cli.stdout
+    assert "intact" in cli.stdout and "6 entries in Redis in 1 chains" in cli.stdout and "unkeyed" in cli.stdout
 
 
 def test_appends_after_tampering_do_not_hide_it(runtime: Runtime, intake: Any, trail: list[Any]) -> None:
@@ -297,7 +307,11 @@ def test_appends_after_tampering_do_not_hide_it(runtime: Runtime, intake: Any, t
     assert runtime.audit.verify().broken_entry == trail[3][0]
 
 
-def test_concurrent_appends_keep_one_chain(runtime: Runtime) -> None:
+def test_concurrent_appends_each_thread_its_own_chain(runtime: Runtime) -> None:
+    from worker.audit import STATS
+
+    restarts = STATS.chain_restarts
+
     def writer(n: int) -> None:
         for i in range(25):
             runtime.audit.append({"event": "test", "plan_id": f"w{n}", "i": i})
@@ -308,7 +322,12 @@ def test_concurrent_appends_keep_one_chain(runtime: Runtime) -> None:
     for t in threads:
         t.join()
     result = runtime.audit.verify()
-    assert result.ok and result.entries == 100
+    assert result.ok and result.entries == 100 and result.chains == 4
+    assert STATS.chain_restarts == restarts, "no append was made again"
+    by_chain: dict[bytes, list[int]] = {}
+    for _, fields in stream_entries(runtime):
+        by_chain.setdefault(fields[b"w"], []).append(int(fields[b"n"]))
+    assert sorted(by_chain.values()) == [list(range(1, 26))] * 4
 
 
 def test_audit_export_since_and_tail_plan(runtime: Runtime, intake: Any, env: dict[str, str]) -> None:
