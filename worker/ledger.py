@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from worker.audit import AuditKey, AuditLog, lua_append, lua_check
 from worker.plans import TERMINAL_STATES, TRANSITIONS, PlanState
+from worker.results import RESULTS_MAXLEN, lua_publish, publish_args, results_stream
 
 IN_FLIGHT_STATES = frozenset({PlanState.RECEIVED, PlanState.QUEUED, PlanState.RUNNING, PlanState.SUBMITTED})
 # Every state a plan leaves by itself: the sweeper's index holds all of them, so a plan whose next step was lost
@@ -37,9 +38,10 @@ def _sweep_score(record: PlanRecord) -> str:
         at = max(at, datetime.fromisoformat(not_before).timestamp())
     return str(at)
 
-# KEYS: plan, old state index, new state index, audit stream, audit meta, plan index, in-flight index. ARGV: old
-# version ('' to create), new version, record, plan id, received-at score, sweep score, then the audit entry
-# (worker.audit: the chain's previous id and the entry's fields).
+# KEYS: plan, old state index, new state index, audit stream, audit meta, plan index, in-flight index, results
+# stream. ARGV: old version ('' to create), new version, record, plan id, received-at score, sweep score, the result
+# entry ('' for none) and the results stream's MAXLEN (worker.results), then the audit entry (worker.audit: the
+# chain's previous id and the entry's fields).
 _WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
@@ -47,13 +49,13 @@ if ARGV[1] == '' then
 elseif v ~= ARGV[1] then
   return {0, 'version'}
 end
-""" + lua_check(4, 5, 7) + """
+""" + lua_check(4, 5, 9) + """
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[2])
 if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], ARGV[4]) end
 redis.call('SADD', KEYS[3], ARGV[4])
 if ARGV[1] == '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4]) end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[7], ARGV[4]) else redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4]) end
-""" + lua_append(4, 5, 7) + """
+""" + lua_publish(8, 7, 8) + lua_append(4, 5, 9) + """
 return {1, audit_id}
 """
 
@@ -111,10 +113,13 @@ def _text(value: Any) -> str:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, prefix: str, audit_key: AuditKey | None | bool = True) -> None:
-        """``audit_key``: the audit trail's HMAC key, None for unkeyed, True for the runtime settings' key."""
+    def __init__(self, client: redis.Redis, prefix: str, audit_key: AuditKey | None | bool = True,
+                 results_maxlen: int = RESULTS_MAXLEN) -> None:
+        """``audit_key``: the audit trail's HMAC key, None for unkeyed, True for the runtime settings' key.
+        ``results_maxlen``: about how many outcomes the results stream keeps (worker.results)."""
         self.redis = client
         self.prefix = prefix
+        self.results_maxlen = results_maxlen
         self.audit = AuditLog(client, prefix, audit_key)
         self._write = client.register_script(_WRITE)
 
@@ -176,9 +181,11 @@ class Ledger:
             self.audit.meta_key,
             self._index_key,
             self._in_flight_key,
+            results_stream(self.prefix),
         ]
         args = [str(old.version) if old else "", str(new.version), new.model_dump_json(), new.plan_id,
-                new.received_at.timestamp(), _sweep_score(new)]
+                new.received_at.timestamp(), _sweep_score(new),
+                *publish_args(old.state if old else None, new, self.results_maxlen)]
         reply = self.audit.scripted(self._write, keys, args, audit)
         if reply[0] == 1:
             return new

@@ -37,7 +37,7 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.redis, self.settings.key_prefix)
+        return Ledger(self.redis, self.settings.key_prefix, results_maxlen=self.settings.results_maxlen)
 
     @property
     def audit(self) -> AuditLog:

@@ -148,7 +148,7 @@ class SendGuard:
         # of the connection that asks).
         self.connection = run.runtime.send_record_redis
         self.durability = run.runtime.send_record_durability
-        self.ledger = Ledger(self.connection, settings.key_prefix)
+        self.ledger = Ledger(self.connection, settings.key_prefix, results_maxlen=settings.results_maxlen)
 
     def _fence(self) -> int:
         remaining, now_ms = self.run.lease.renew_remaining()
