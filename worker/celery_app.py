@@ -54,8 +54,9 @@ def configure(celery: Celery, settings: Settings) -> None:
     }
     if celery._pool is not None and (celery.conf.broker_url, celery.conf.broker_transport_options,
                                      celery.conf.broker_use_ssl) != (broker.url, transport_options, broker.use_ssl):
-        # Connections made for another broker (a test or the demo pointing the app elsewhere) are not reused.
-        celery._pool.force_close_all()
+        # Connections made for another broker (a test or the demo pointing the app elsewhere) are not reused: the
+        # app drops its pools and makes new ones. The old pool is not closed here: a producer taken from it before
+        # (Celery keeps some per thread) would otherwise fail with "Acquire on closed pool".
         celery._after_fork()
     celery.conf.update(
         broker_url=broker.url,
