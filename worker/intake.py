@@ -62,7 +62,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _stored(text: str) -> str:
-    """Text as it can be stored: a lone surrogate (not encodable in UTF-8) kept visible as ``\\udXXX``."""
+    """Text as it can be stored: a lone surrogate (not encodable in UTF-8) kept visible as an escape (``\\ud83d``)."""
     return text.encode("utf-8", "backslashreplace").decode()
 
 
