@@ -28,6 +28,47 @@ class AccountLimits(BaseModel):
     max_commitment_usd_per_plan: Decimal | None = Field(
         None, ge=0, description="refuse plans that could commit more in total: upfront plus recurring over the term"
     )
+    # Spend caps (worker.budgets): budget reserved atomically across all workers before the mutating call. A day and
+    # a month are UTC calendar periods on Redis's clock.
+    commitment_usd_per_day: Decimal | None = Field(None, ge=0, description="cap on total commitment made per UTC day")
+    commitment_usd_per_month: Decimal | None = Field(None, ge=0, description="cap on total commitment per UTC month")
+    upfront_usd_per_day: Decimal | None = Field(None, ge=0, description="cap on upfront payments per UTC day")
+    upfront_usd_per_month: Decimal | None = Field(None, ge=0, description="cap on upfront payments per UTC month")
+    on_cap: Literal["fail", "wait"] = Field(
+        "fail", description="a plan that would cross a cap fails (nothing spent), or waits until budget frees up"
+    )
+
+    def caps(self) -> dict[str, Decimal]:
+        """The caps in force, by ``<period>_<measure>`` (``day_commitment``, ``month_upfront``...)."""
+        named = {"day_commitment": self.commitment_usd_per_day, "month_commitment": self.commitment_usd_per_month,
+                 "day_upfront": self.upfront_usd_per_day, "month_upfront": self.upfront_usd_per_month}
+        return {name: cap for name, cap in named.items() if cap is not None}
+
+
+class ApprovalThreshold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    commitment_usd: Decimal | None = Field(None, ge=0, description="plans committing more than this wait")
+    upfront_usd: Decimal | None = Field(None, ge=0, description="plans paying more than this upfront wait")
+
+
+class ApprovalPolicy(BaseModel):
+    """Plans above a threshold wait in ``awaiting_approval`` until enough people approve (worker.approvals)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    above: ApprovalThreshold = Field(default_factory=lambda: ApprovalThreshold(), description="every action")
+    per_action: dict[str, ApprovalThreshold] = Field(
+        default_factory=dict, description="IAM action name -> a threshold that replaces `above` for that action"
+    )
+    approvers: Literal[1, 2] = Field(1, description="different people who must approve")
+    valid_seconds: float = Field(86_400.0, gt=0, description="an approval not used within this long expires")
+
+    def threshold(self, action: str) -> ApprovalThreshold:
+        for name, threshold in self.per_action.items():
+            if name.lower() == action.lower():
+                return threshold
+        return self.above
 
 
 class AccountConfig(BaseModel):
@@ -39,7 +80,11 @@ class AccountConfig(BaseModel):
     external_id_env: str | None = Field(None, description="environment variable holding the ExternalId")
     external_id_file: Path | None = Field(None, description="file holding the ExternalId")
     allowed_actions: list[str] = Field(default_factory=lambda: ["*"], description="IAM action names, or '*'")
-    read_only: bool = Field(False, description="a trial role: every plan runs as a dry run")
+    read_only: bool = Field(False, description="a trial role: its plans run as dry runs, or fail (read_only_plans)")
+    read_only_plans: Literal["dry_run", "fail"] = Field(
+        "dry_run", description="on a read-only (trial) role: run every plan as a dry run, or fail it clearly"
+    )
+    dry_run: bool = Field(False, description="every plan of this account runs as a dry run")
     extra_permissions: list[str] = Field(
         default_factory=list, description="actions beyond the production role that this customer granted"
     )
@@ -47,6 +92,7 @@ class AccountConfig(BaseModel):
         default_factory=list, description="optional blocks of the production role this customer granted"
     )
     limits: AccountLimits = Field(default_factory=lambda: AccountLimits())
+    approvals: ApprovalPolicy | None = Field(None, description="approval thresholds (docs/controls.md)")
     renewal: Any = Field(None, description="scheduled renewals: a worker.renewals.RenewalPolicy (docs/renewals.md)")
 
     @field_validator("renewal")

@@ -116,6 +116,18 @@ class Settings(BaseSettings):
     notify_backoff_seconds: float = Field(1.0, gt=0)
     notify_reclaim_seconds: float = Field(60.0, gt=0)
     notify_max_deliveries: int = Field(10, ge=1)
+    dry_run: bool = Field(False, description="every plan of every account runs as a dry run (nothing is sent)")
+    pause_recheck_seconds: float = Field(10.0, gt=0, description="how often a paused plan looks at its switch again")
+    cap_recheck_seconds: float = Field(
+        300.0, gt=0, description="how often a plan waiting for budget (limits.on_cap = wait) looks again"
+    )
+    rate_limit_per_second: float = Field(
+        10.0, ge=0, description="AWS calls per second per account, region and service, shared by all workers (0: off)"
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="calls that may go at once before the rate applies")
+    rate_limit_max_wait_seconds: float = Field(
+        30.0, gt=0, description="a call waits this long at most for its turn; then the plan is given back to its queue"
+    )
     max_plan_bytes: int = Field(64 * 1024, ge=1024, description="larger plans are rejected at intake")
     credential_refresh_margin: int = Field(300, ge=0, description="renew assumed-role credentials this early")
     client_cache_size: int = Field(128, ge=1, description="boto3 clients kept (LRU); an EC2 client holds about 1.4 MB")

@@ -647,11 +647,15 @@ from worker.status import status  # noqa: E402
 main.add_command(metrics)
 main.add_command(status)
 
+from worker.controls_cli import approve, cancel, deny, pause, resume  # noqa: E402
 from worker.health import health  # noqa: E402
 from worker.policy import policy  # noqa: E402
 
 main.add_command(policy)
 main.add_command(health)
+for command in (approve, deny, pause, resume):
+    main.add_command(command)
+plans.add_command(cancel)
 
 
 if __name__ == "__main__":

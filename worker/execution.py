@@ -13,19 +13,23 @@ docs/exactly-once.md states the whole protocol, its assumptions and its residual
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from config.accounts import AccountConfig
+from worker import approvals
 from worker.actions import Action, PlanFailed, family_permissions
 from worker.claims import Claims
+from worker.controls import cap_error, dry_run_reason, pause_note, pause_over, reserve_budget, settle_budget
 from worker.errors import Outcome, classify, describe
 from worker.handle import PlanHandle
 from worker.lease import Lease, LeaseLost, SignatureLock
 from worker.ledger import ConcurrentUpdate, PlanRecord
 from worker.logs import get_logger
 from worker.plans import PlanEnvelope, PlanState, describe_validation_error
+from worker.ratelimit import RateLimited
 from worker.runtime import Runtime
 from worker.settle import PlanRun, RequeueLater, SendBook, SendGuard, account_refusal, needs_attention, settle
 
@@ -62,6 +66,9 @@ def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action[Any, Any]
             return _run_leased(runtime, record, plan_id, actions, lease).value
         except ConcurrentUpdate:
             log.warning("plan_changed_concurrently", plan_id=plan_id)
+            current = runtime.ledger.get(plan_id)  # cancelled by an operator during the reads, say
+            if current is not None:
+                settle_budget(runtime, current)
             return "concurrent_update"
         except LeaseLost as exc:
             log.warning("plan_lease_lost", plan_id=plan_id, reason=str(exc))
@@ -72,7 +79,6 @@ def run_plan(runtime: Runtime, plan_id: str, actions: dict[str, Action[Any, Any]
 
 def _run_leased(runtime: Runtime, record: PlanRecord | None, plan_id: str, actions: dict[str, Action[Any, Any]],
                 lease: Lease) -> PlanState:
-    ledger = runtime.ledger
     if record is None:
         log.warning("plan_not_found", plan_id=plan_id)
         raise _NotFound()
@@ -89,12 +95,28 @@ def _run_leased(runtime: Runtime, record: PlanRecord | None, plan_id: str, actio
         return _poisoned(runtime, record)
     if account is None:  # the account was removed from the configuration after intake
         return _account_gone(runtime, record, plan)
+    if record.state in (PlanState.QUEUED, PlanState.RUNNING):
+        # A paused plan makes no reads either, and its record is left as it is (no attempt, no note every recheck).
+        pause = pause_over(runtime, action.family.name, plan.account_id)
+        if pause is not None:
+            log.info("plan_paused", plan_id=plan_id, scope=pause.scope)
+            raise RequeueLater(pause_note(pause), runtime.settings.pause_recheck_seconds)
     run = _new_run(runtime, action, plan, account, lease, record)
+    try:
+        return _run(run, record)
+    except RateLimited as limited:  # deferred, not failed: this attempt is given back
+        raise run.wait(limited.delay, limited.reason) from None
+
+
+def _run(run: PlanRun, record: PlanRecord) -> PlanState:
+    ledger, plan, action = run.ledger, run.plan, run.action
     resumed = record.state == PlanState.SUBMITTED
     attempt = record.attempts + 1
     if record.state == PlanState.QUEUED:
         if plan.expires_at and run.handle.now() >= plan.expires_at:
-            return ledger.transition(record, PlanState.EXPIRED, "expired before it ran", attempts=attempt).state
+            expired = ledger.transition(record, PlanState.EXPIRED, "expired before it ran", attempts=attempt)
+            settle_budget(run.runtime, expired)  # a plan given back to wait for a lock may hold budget
+            return expired.state
         run.record = ledger.transition(record, PlanState.RUNNING, f"picked up by a worker (attempt {attempt})",
                                        attempts=attempt)
     else:  # resumed after a crash, a redelivery or a wait: count the attempt on its own
@@ -118,9 +140,15 @@ def _new_run(
     def claimed_elsewhere(ids: Iterable[str]) -> set[str]:
         return claims.elsewhere(plan.plan_id, ids)
 
+    limiter = runtime.rate_limiter
+
+    def rate_limit(service: str) -> None:
+        limiter.acquire(plan.account_id, plan.region, service)
+
     handle = PlanHandle(
         runtime.sessions, action, account, plan.region, plan.plan_id,
         family_permissions(action.family, account.extra_permissions), claimed_elsewhere=claimed_elsewhere,
+        rate_limit=rate_limit if limiter.enabled else None,
     )
     run = PlanRun(runtime=runtime, action=action, plan=plan, account=account, lease=lease, record=record,
                   claims=claims, handle=handle)
@@ -138,7 +166,9 @@ def _poisoned(runtime: Runtime, record: PlanRecord) -> PlanState:
     if record.state == PlanState.QUEUED:
         record = runtime.ledger.transition(record, PlanState.RUNNING, "attempt limit reached")
     error = {"code": "AttemptsExhausted", "message": note + "; nothing was sent"}
-    return runtime.ledger.transition(record, PlanState.FAILED, note, error=error).state
+    failed = runtime.ledger.transition(record, PlanState.FAILED, note, error=error)
+    settle_budget(runtime, failed)
+    return failed.state
 
 
 def _account_gone(runtime: Runtime, record: PlanRecord, plan: PlanEnvelope) -> PlanState:
@@ -146,7 +176,9 @@ def _account_gone(runtime: Runtime, record: PlanRecord, plan: PlanEnvelope) -> P
     if record.state == PlanState.QUEUED:
         record = runtime.ledger.transition(record, PlanState.RUNNING, "account check")
     if record.state == PlanState.RUNNING:
-        return runtime.ledger.transition(record, PlanState.FAILED, "account not configured", error=error).state
+        failed = runtime.ledger.transition(record, PlanState.FAILED, "account not configured", error=error)
+        settle_budget(runtime, failed)
+        return failed.state
     # Submitted: something may have been sent, and without the account nothing can be checked.
     return runtime.ledger.transition(record, PlanState.NEEDS_ATTENTION, "account no longer configured",
                                      error=error).state
@@ -161,7 +193,14 @@ def _prepare(run: PlanRun) -> None:
         error = {"code": "InvalidParams", "message": describe_validation_error(exc, "params")}
         run.transition(PlanState.FAILED, "invalid params", error=error)
         return
-    dry_run = plan.dry_run or run.account.read_only
+    dry_reason = dry_run_reason(plan, run.runtime.settings, run.account)
+    if dry_reason is None and run.account.read_only:  # its configuration says: fail, clearly
+        run.transition(PlanState.FAILED, "read-only account", error={
+            "code": "ReadOnlyAccount", "message": f"account {run.account.account_id} has a read-only (trial) role "
+            f"and read_only_plans: fail; nothing was {action.nouns.done} (submit with dry_run: true to see what "
+            "would be sent)"})
+        return
+    dry_run = dry_reason is not None
     try:
         run.intent = action.prepare(run.handle, run.params)
         dry_result = action.dry_run(run.handle, run.params, run.intent) if dry_run else None
@@ -188,9 +227,10 @@ def _prepare(run: PlanRun) -> None:
             "code": "AccountLimit", "message": f"{refusal}; nothing was {action.nouns.done}"})
         return
     if dry_result is not None:
-        result = dry_result
-        note = "dry run (read-only trial role)" if run.account.read_only and not plan.dry_run else "dry run"
-        run.transition(PlanState.SUCCEEDED, note, result={**result, "dry_run": True})
+        run.transition(PlanState.SUCCEEDED, f"dry run: {dry_reason}",
+                       result={**dry_result, "dry_run": True, "dry_run_reason": dry_reason})
+        return
+    if not _controls_allow(run):
         return
     if run.intent.signature and not _take_signature(run, run.intent.signature):
         return
@@ -200,6 +240,40 @@ def _prepare(run: PlanRun) -> None:
         idempotency = {"kind": action.idempotency.value, "value": handle_value}
     run.transition(PlanState.SUBMITTED, "intent recorded", intent=run.intent.model_dump(mode="json"),
                    idempotency=idempotency)
+
+
+def _controls_allow(run: PlanRun) -> bool:
+    """After the reads, before the intent is recorded: the approval the live amounts need, a pause that came in
+    during the reads, the budget reserved against the account's caps. False: the plan waits for approval or failed
+    on a cap; raises RequeueLater when it must wait (back in the queue, this attempt given back)."""
+    runtime, account, intent = run.runtime, run.account, run.intent
+    assert intent is not None
+    need = approvals.requirement(account, run.action.action, intent)
+    now = datetime.fromtimestamp(run.now_ms() / 1000, UTC)
+    if need is not None and len(approvals.valid_approvers(run.record.approval, need, now)) < need.approvers:
+        note = approvals.why_waiting(run.record.approval, need, now)
+        run.transition(PlanState.AWAITING_APPROVAL, note, intent=intent.model_dump(mode="json"),
+                       approval=approvals.request_of(need, run.record.approval, now))
+        run.runtime.audit.append({"event": "approval_requested", "plan_id": run.plan_id, "why": note})
+        return False
+    pause = pause_over(runtime, run.action.family.name, run.plan.account_id)
+    if pause is not None:
+        _back_to_queue(run, pause_note(pause), runtime.settings.pause_recheck_seconds)
+    cap = reserve_budget(runtime, run.plan_id, account, intent)
+    if cap is not None:
+        error = cap_error(cap, account.account_id)
+        if account.limits.on_cap == "fail":
+            run.transition(PlanState.FAILED, "spend cap reached", error={
+                **error, "message": f"{error['message']}; nothing was {run.action.nouns.done}"})
+            return False
+        _back_to_queue(run, f"waiting for budget: {error['message']}", runtime.settings.cap_recheck_seconds)
+    return True
+
+
+def _back_to_queue(run: PlanRun, note: str, delay: float) -> NoReturn:
+    """Nothing was sent: the plan goes back to queued (its attempt given back) and its task re-queues it."""
+    run.record = run.ledger.transition(run.record, PlanState.QUEUED, note, attempts=max(run.record.attempts - 1, 0))
+    raise RequeueLater(note, delay)
 
 
 def _record_clock_skew(run: PlanRun) -> None:
@@ -235,6 +309,4 @@ def _take_signature(run: PlanRun, signature: str) -> bool:
             "message": f"plan {holder} made the same call and its outcome is unknown; settle it first"})
         return False
     # Waiting is not a failed attempt: give it back.
-    run.record = ledger.transition(run.record, PlanState.QUEUED, f"waiting for plan {holder} (same call)",
-                                   attempts=max(run.record.attempts - 1, 0))
-    raise RequeueLater(f"waiting for plan {holder}", SIGNATURE_WAIT_SECONDS)
+    _back_to_queue(run, f"waiting for plan {holder} (same call)", SIGNATURE_WAIT_SECONDS)

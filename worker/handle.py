@@ -54,6 +54,7 @@ class PlanHandle:
         policy_actions: list[str],
         guard: SendGuard | None = None,
         claimed_elsewhere: Callable[[Iterable[str]], set[str]] | None = None,
+        rate_limit: Callable[[str], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._action = action
@@ -63,6 +64,8 @@ class PlanHandle:
         self._policy_actions = policy_actions
         self._guard = guard
         self._claimed_elsewhere = claimed_elsewhere
+        # Takes a token of the shared rate limit for a service before each call (worker.ratelimit).
+        self._rate_limit = rate_limit
         self.calls: list[str] = []
         # What AWS answered when it accepted an asynchronous operation of this plan (``Submitted.follow``), kept
         # in the plan's record so that a later run's ``reconcile`` can follow the operation by its id.
@@ -92,8 +95,11 @@ class PlanHandle:
         return aws_now - AWS_CLOCK_TOLERANCE if aws_now else self.now() - WORKER_CLOCK_TOLERANCE
 
     # --- calls ---------------------------------------------------------------------------------------------------
-    def _call(self, purpose: str, service: str | None, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, purpose: str, service: str | None, operation: str, params: dict[str, Any],
+              limited: bool = True) -> dict[str, Any]:
         svc = service or self._action.service
+        if limited and self._rate_limit is not None:
+            self._rate_limit(svc)
         self.calls.append(iam_action_name(svc, operation))
         try:
             response: dict[str, Any] = self._sessions.call(
@@ -135,10 +141,14 @@ class PlanHandle:
     def send_via(self, service: str | None, operation: str, **params: Any) -> dict[str, Any]:
         """``send`` through ``service``'s client when it is not the action's own (OpenSearch's newer API for an
         ``es`` action)."""
+        # The rate limit's wait comes before the guard: nothing may stand between the guard's lease check and the
+        # call but the call itself.
+        if self._rate_limit is not None:
+            self._rate_limit(service or self._action.service)
         if self._guard is not None:
             self._guard.before_send()
         try:
-            response = self._call("write", service, operation, params)
+            response = self._call("write", service, operation, params, limited=False)
         except Exception as exc:
             if self._guard is not None:
                 self._guard.after_send(type(exc).__name__)

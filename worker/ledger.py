@@ -91,6 +91,8 @@ class PlanRecord(BaseModel):
     intent: dict[str, Any] | None = Field(None, description="the action's typed intent, recorded before any send")
     book: dict[str, Any] | None = Field(None, description="the executor's bookkeeping of sends (worker.settle)")
     verification: str | None = Field(None, description="look-alike check after success: due, clean or flagged")
+    approval: dict[str, Any] | None = Field(
+        None, description="what must be approved and the approvals given (worker.approvals)")
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     version: int = 0

@@ -91,9 +91,11 @@ TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
     PlanState.AWAITING_APPROVAL: frozenset({PlanState.QUEUED, PlanState.CANCELLED, PlanState.EXPIRED}),
     PlanState.QUEUED: frozenset({PlanState.RUNNING, PlanState.CANCELLED, PlanState.EXPIRED, PlanState.NEEDS_ATTENTION}),
     # running -> queued: given back before anything was sent (for example the account's signature lock is busy).
+    # running -> awaiting_approval: the live price is above the account's approval threshold. running ->
+    # cancelled: an operator cancelled it before its intent was recorded (nothing can have been sent).
     PlanState.RUNNING: frozenset(
         {PlanState.SUBMITTED, PlanState.SUCCEEDED, PlanState.FAILED, PlanState.NEEDS_ATTENTION, PlanState.QUEUED,
-         PlanState.EXPIRED}
+         PlanState.EXPIRED, PlanState.AWAITING_APPROVAL, PlanState.CANCELLED}
     ),
     # submitted -> expired: only when nothing was sent, or reads confirmed nothing exists.
     PlanState.SUBMITTED: frozenset(

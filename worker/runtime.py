@@ -18,10 +18,13 @@ from config.accounts import AccountRegistry, ReloadingRegistry
 from config.settings import Settings, get_settings
 from worker.audit import AuditLog
 from worker.aws import AwsSessions
+from worker.budgets import Budgets
 from worker.durability import SendRecordDurability
 from worker.ledger import Ledger
 from worker.metrics import Metrics
+from worker.ratelimit import RateLimiter
 from worker.redis_connect import redis_client
+from worker.switches import Switches
 
 
 @dataclass
@@ -80,6 +83,20 @@ class Runtime:
     @cached_property
     def metrics(self) -> Metrics:
         return Metrics(self.redis, self.key("metrics"))
+
+    @cached_property
+    def switches(self) -> Switches:
+        return Switches(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        return Budgets(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        s = self.settings
+        return RateLimiter(self.redis, s.key_prefix, s.rate_limit_per_second, s.rate_limit_burst,
+                           s.rate_limit_max_wait_seconds)
 
     @cached_property
     def sessions(self) -> AwsSessions:

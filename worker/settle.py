@@ -39,6 +39,7 @@ from worker.actions import (
     Submitted,
 )
 from worker.claims import Claims
+from worker.controls import cap_error, pause_note, pause_over, reserve_budget, settle_budget
 from worker.durability import DurabilityUnavailable
 from worker.errors import Outcome, classify, describe, error_code
 from worker.handle import PlanHandle
@@ -46,20 +47,11 @@ from worker.lease import Lease, LeaseLost, SignatureLock, redis_now_ms
 from worker.ledger import ConcurrentUpdate, Ledger, PlanRecord
 from worker.logs import get_logger
 from worker.plans import PlanEnvelope, PlanState
+from worker.requeue import RequeueLater
 from worker.runtime import Runtime
 from worker.testhooks import checkpoint
 
 log = get_logger("commitd.settle")
-
-
-class RequeueLater(Exception):
-    """Give the plan back to its queue for ``delay`` seconds; the task sends a new message and returns. Waiting
-    never uses an attempt and is not bounded by Celery's max_retries."""
-
-    def __init__(self, reason: str, delay: float) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
 
 
 class SendBook(BaseModel):
@@ -114,6 +106,7 @@ class PlanRun:
 
     def transition(self, to: PlanState, note: str, **changes: Any) -> PlanRecord:
         self.record = self.ledger.transition(self.record, to, note, book=self.book.model_dump(mode="json"), **changes)
+        settle_budget(self.runtime, self.record)  # used on success, released when nothing was committed
         return self.record
 
     def wait(self, seconds: float, reason: str) -> RequeueLater:
@@ -330,7 +323,9 @@ def absence_conclusive_after_ms(run: PlanRun) -> int | None:
 
 
 def _before_sending(run: PlanRun) -> PlanRecord | None:
-    """Never send after expires_at, or when the account's current configuration no longer allows the plan."""
+    """Never send after expires_at, when the account's current configuration no longer allows the plan, while a
+    pause is in force, or beyond the account's spend caps."""
+    checkpoint("BEFORE_CONTROLS")
     if run.plan.expires_at and run.handle.now() >= run.plan.expires_at:
         if run.book.sends == 0 or run.conclusively_absent:
             run.release_lock()
@@ -341,6 +336,16 @@ def _before_sending(run: PlanRun) -> PlanRecord | None:
     problem = account_refusal(run)
     if problem is not None:
         return _nothing_more_sent(run, "AccountConfigurationChanged", problem)
+    settings = run.runtime.settings
+    pause = pause_over(run.runtime, run.action.family.name, run.plan.account_id)
+    if pause is not None:  # the last look before the call: wait, and go on by itself after a resume
+        raise run.wait(settings.pause_recheck_seconds, pause_note(pause))
+    cap = reserve_budget(run.runtime, run.plan_id, run.account, run.intent)  # held already: a no-op
+    if cap is not None:  # the cap was lowered, or the reservation lost, since the intent was recorded
+        error = cap_error(cap, run.account.account_id)
+        if run.account.limits.on_cap == "fail":
+            return _nothing_more_sent(run, "SpendCapReached", error["message"])
+        raise run.wait(settings.cap_recheck_seconds, f"waiting for budget: {error['message']}")
     return None
 
 

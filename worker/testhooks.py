@@ -14,7 +14,7 @@ import time
 
 import redis
 
-POINTS = ("BEFORE_SEND", "AFTER_SEND")
+POINTS = ("BEFORE_CONTROLS", "BEFORE_SEND", "AFTER_SEND")
 
 
 def checkpoint(point: str) -> None:

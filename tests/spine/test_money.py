@@ -164,9 +164,10 @@ def test_every_aws_call_an_action_makes_is_declared_in_its_permissions(
     seen: list[str] = []
     original = handle_module.PlanHandle._call
 
-    def recording(self: Any, purpose: str, service: str | None, operation: str, params: dict[str, Any]) -> Any:
+    def recording(self: Any, purpose: str, service: str | None, operation: str, params: dict[str, Any],
+                  **options: Any) -> Any:
         seen.append(handle_module.iam_action_name(service or self._action.service, operation).lower())
-        return original(self, purpose, service, operation, params)
+        return original(self, purpose, service, operation, params, **options)
 
     monkeypatch.setattr(handle_module.PlanHandle, "_call", recording)
     sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "commit_then_drop", count=2)
