@@ -55,11 +55,11 @@ local function split(hold)
   for p in string.gmatch(hold, '([^|]+)') do parts[#parts + 1] = p end
   return parts
 end
-local function unreserve(parts)
-  redis.call('HINCRBY', parts[1], 'commitment_reserved', -tonumber(parts[3]))
-  redis.call('HINCRBY', parts[1], 'upfront_reserved', -tonumber(parts[4]))
-  redis.call('HINCRBY', parts[2], 'commitment_reserved', -tonumber(parts[3]))
-  redis.call('HINCRBY', parts[2], 'upfront_reserved', -tonumber(parts[4]))
+local function unreserve(parts)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", which HINCRBY refuses
+  for _, key in ipairs({parts[1], parts[2]}) do
+    redis.call('HINCRBY', key, 'commitment_reserved', 0 - tonumber(parts[3]))
+    redis.call('HINCRBY', key, 'upfront_reserved', 0 - tonumber(parts[4]))
+  end
 end
 """
 

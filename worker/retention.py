@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from worker.handle import WORKER_CLOCK_TOLERANCE
 from worker.intake import GROUP
 from worker.lease import RELEASE_IF_HELD
 from worker.ledger import Ledger, PlanRecord
@@ -106,19 +107,28 @@ def _purge_one(ledger: Ledger, plan_id: str, older_than: datetime, states: froze
             pipe.multi()
             pipe.hset(ledger._tombstones_key, plan_id, json.dumps(stone))
             pipe.delete(key)
+            pipe.delete(f"{ledger.prefix}budget_hold:{plan_id}")  # its amounts stay in the period's counters
             pipe.srem(ledger._state_key(record.state), plan_id)
             pipe.zrem(ledger._index_key, plan_id)
             pipe.execute()
         except redis.WatchError:
             return "busy"
     ledger.audit.append({"event": "plan_purged", "plan_id": plan_id, "state": record.state.value})
-    _release_claims(ledger, record)
+    if datetime.now(UTC) - record.updated_at >= CLAIM_RELEASE_AFTER:
+        _release_claims(ledger, record)
     return "purged"
 
 
+# A look-alike check or a reconciliation matches resources that started after its plan's intent, less the clock
+# tolerance: the claims of a plan settled more recently than this still keep its resources from being taken for
+# another plan's duplicate. (Retention ages are days in production; tests use seconds.)
+CLAIM_RELEASE_AFTER = 2 * WORKER_CLOCK_TOLERANCE
+
+
 def _release_claims(ledger: Ledger, record: PlanRecord) -> None:
-    """Drop the purged plan's claims on what it made. A plan is purged days after it settled: no reconciliation
-    still running can mistake those resources for its own (each matches only what started after its intent)."""
+    """Drop the purged plan's claims on what it made, once it settled long enough ago (CLAIM_RELEASE_AFTER) that no
+    reconciliation still running can mistake those resources for its own (each matches only what started after
+    its intent, less the clock tolerance). Claims of a plan purged sooner are kept: a few bytes each."""
     from tasks import find_action
 
     plan, result = record.plan or {}, record.result or {}

@@ -351,10 +351,10 @@ def test_cancel_spot_instance_requests(
         )["SpotInstanceRequests"]
         return str(made["SpotInstanceRequestId"])
 
+    start_worker()  # first: the requests below stay open for FULFIL_SECONDS of real time only
     fulfilled, guarded = request(), request()
     sandbox.advance_clock(EVALUATED)  # these two are active (their instances run); the next three stay open
     open_one, dropped, throttled = request(), request(), request()
-    start_worker()
 
     plan = example("ec2-cancel-spot-instance-requests", spot_instance_request_ids=[fulfilled, open_one])
     submit(intake, plan)

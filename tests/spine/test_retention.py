@@ -4,8 +4,11 @@ what the intake recorded, dead letters are exported before they are trimmed."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.spine.conftest import ri_plan
 from tests.spine.test_intake import _text, pending
@@ -27,7 +30,12 @@ def settle(runtime: Runtime, plan_id: str, to: PlanState, **changes: Any) -> Non
     runtime.ledger.transition(record, to, "done", **changes)
 
 
-def test_settled_plans_become_tombstones_and_their_claims_go(runtime: Runtime, intake: Any) -> None:
+def test_settled_plans_become_tombstones_and_their_claims_go(runtime: Runtime, intake: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.retention
+
+    # As if the plans settled long ago (the claims of a plan settled minutes ago stay: the next test).
+    monkeypatch.setattr(worker.retention, "CLAIM_RELEASE_AFTER", timedelta(0))
     for plan_id in ("old-ok", "old-checking", "old-attention", "old-running"):
         assert intake.submit_raw(json.dumps(ri_plan(plan_id)), "test").outcome == "accepted"
     claims = runtime.key("claimed", "ec2-ri", "111122223333", "us-east-1")
@@ -49,6 +57,20 @@ def test_settled_plans_become_tombstones_and_their_claims_go(runtime: Runtime, i
     assert (again.outcome, again.state) == ("existing", "succeeded")
     assert intake.submit_raw(json.dumps(ri_plan("old-ok", instance_count=9)), "test").outcome == "conflict"
     assert runtime.audit.verify().ok
+
+
+def test_a_plan_purged_minutes_after_it_settled_keeps_its_claims(runtime: Runtime, intake: Any) -> None:
+    """A later plan's look-alike check matches unclaimed resources that started up to the clock tolerance before its
+    intent: the claims of a plan that settled that recently must not go with it, or its RI looks like a duplicate."""
+    assert intake.submit_raw(json.dumps(ri_plan("recent")), "test").outcome == "accepted"
+    claims = runtime.key("claimed", "ec2-ri", "111122223333", "us-east-1")
+    runtime.redis.hset(claims, "ri-recent", "recent")
+    runtime.redis.set(runtime.key("budget_hold", "recent"), "held")
+    settle(runtime, "recent", PlanState.SUCCEEDED, result={"resource_ids": ["ri-recent"]})
+    report = run_retention(with_settings(runtime, retention_plans_days=0))
+    assert report.plans_purged == 1 and runtime.ledger.get("recent") is None
+    assert runtime.redis.hgetall(claims) == {b"ri-recent": b"recent"}
+    assert not runtime.redis.exists(runtime.key("budget_hold", "recent"))  # nothing of the plan's own is left
 
 
 def test_the_intake_stream_is_trimmed_only_past_what_the_intake_recorded(runtime: Runtime, intake: Any) -> None:
