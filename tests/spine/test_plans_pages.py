@@ -35,17 +35,23 @@ def test_pages_by_state_walk_every_plan_once_newest_first(runtime: Runtime, inta
         return pipe
 
     monkeypatch.setattr(runtime.redis, "pipeline", counting_pipeline)
-    seen: list[str] = []
-    cursor = None
-    while True:
-        page = plans_page(runtime.ledger, PlanState.REJECTED, 3, cursor)
-        assert len(page.records) <= 3
-        seen += [r.plan_id for r in page.records]
-        if page.cursor is None:
-            break
-        cursor = page.cursor
-    assert seen == list(reversed(rejected)), "each rejected plan once, newest first"
-    assert len(reads) == len(rejected), "no record read that was not printed"
+    import worker.ledger_views
+
+    # Both ways to a page: walking the received-time index (a common state), the state's own index (a rare one).
+    for share in (1, 100):
+        monkeypatch.setattr(worker.ledger_views, "RARE_STATE_SHARE", share)
+        reads.clear()
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = plans_page(runtime.ledger, PlanState.REJECTED, 3, cursor)
+            assert len(page.records) <= 3
+            seen += [r.plan_id for r in page.records]
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert seen == list(reversed(rejected)), f"each rejected plan once, newest first (share {share})"
+        assert len(reads) == len(rejected), "no record read that was not printed"
 
     first = commitd(env, "plans", "list", "--limit", "5")
     rows = [line.split("\t") for line in first.stdout.splitlines()][1:]
