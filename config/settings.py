@@ -168,6 +168,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _rate_limit_wait_covers_a_token(self) -> Settings:
+        # A run needs a token for its reading call and then one for its send: a wait shorter than one token's
+        # refill would give a plan alone on a bucket of one back after every read, for ever.
+        if self.rate_limit_per_second > 0 and self.rate_limit_max_wait_seconds < 1 / self.rate_limit_per_second:
+            raise ValueError(
+                f"rate_limit_max_wait_seconds ({self.rate_limit_max_wait_seconds}) must be at least one token's "
+                f"refill (1 / rate_limit_per_second = {1 / self.rate_limit_per_second:g} s): otherwise a plan may "
+                "never get the token of its send after that of its read"
+            )
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:

@@ -141,7 +141,8 @@ class CapReached:
     cap_usd: str
 
     def message(self, account: str) -> str:
-        return (f"the {self.period}ly {self.measure} cap of account {account} is {self.cap_usd} USD: {self.used_usd} "
+        period = {"day": "daily", "month": "monthly"}.get(self.period, self.period)
+        return (f"the {period} {self.measure} cap of account {account} is {self.cap_usd} USD: {self.used_usd} "
                 f"used and {self.reserved_usd} reserved, and this plan needs {self.amount_usd} more")
 
 

@@ -234,7 +234,10 @@ def plans_resolve(plan_id: str, outcome: str, note: str, resource_id: str | None
     if target == PlanState.QUEUED:
         # A retry starts over: reads, a new intent, then a send. Only do this once AWS shows nothing was bought.
         changes.update(intent=None, book=None, attempts=0)
-    runtime.ledger.transition(record, target, f"operator: {note}", **changes)
+    settled = runtime.ledger.transition(record, target, f"operator: {note}", **changes)
+    from worker.controls import settle_budget
+
+    settle_budget(runtime, settled)  # succeeded: the reservation is used; failed or cancelled: released
     lock_key = (record.book or {}).get("lock_key")
     if lock_key:
         from worker.lease import SignatureLock
