@@ -68,11 +68,17 @@ def _stored(text: str) -> str:
 
 def _check_utf8(raw: bytes) -> None:
     """Bytes that are not UTF-8 are refused, never decoded with replacement characters (that would change the
-    plan's text silently)."""
+    plan's text silently). The reason names the field that holds them when the rest parses as JSON."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise Rejection(f"plan is not valid UTF-8 (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); "
+        where = ""
+        try:  # the bad bytes as lone surrogates: the same search as for a lone surrogate in a field
+            path = _unencodable_string(json.loads(raw.decode("utf-8", "surrogateescape")))
+            where = f", in {path}" if path else ""
+        except (ValueError, RecursionError):
+            pass
+        raise Rejection(f"plan is not valid UTF-8 (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}{where}); "
                         "send UTF-8 text") from None
 
 
@@ -99,6 +105,7 @@ def _unencodable_string(value: Any) -> str | None:
 
 
 MAX_STORED_DEPTH = 64
+SWEEP_BATCH = 200  # plans the sweeper looks at per sweep (the intake reads the stream between sweeps)
 
 
 def _nesting(value: Any) -> int:
@@ -312,6 +319,8 @@ class Intake:
         return f"rejected-{entry_id.replace('-', '.') if entry_id else digest}"
 
     def _reject(self, plan_id: str, data: dict[str, Any] | None, text: str, reason: str, source: str) -> IntakeResult:
+        if data is not None and _nesting(data) > MAX_STORED_DEPTH:
+            data = None  # too deep to dump safely (json.dumps recurses): its text is kept instead
         limit = self.runtime.settings.max_plan_bytes
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":")) if data is not None else text
         if len(canonical.encode()) > limit:  # stored (and compared) as its digest
@@ -433,8 +442,11 @@ class Intake:
             self.redis.zrem(self.scheduled, plan_id)
         stalled_after = self.runtime.settings.stalled_after
         lease_seconds = self.runtime.settings.lease_seconds
-        # Only the plans idle for at least the shorter threshold are read (an index, not a scan of every plan).
-        for plan_id in self.ledger.idle_in_flight(min(stalled_after, lease_seconds)):
+        # Only the plans idle for at least the shorter threshold are read (an index, not a scan of every plan), and
+        # at most SWEEP_BATCH per sweep, longest idle first: with workers down and a large backlog, a sweep over all
+        # of it would keep the intake from reading the stream. A plan re-sent restarts its idle clock, so the next
+        # sweep takes the next ones.
+        for plan_id in self.ledger.idle_in_flight(min(stalled_after, lease_seconds), limit=SWEEP_BATCH):
             record = self.ledger.get(plan_id)
             if record is None or record.state not in SWEPT_STATES:
                 continue

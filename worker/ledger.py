@@ -141,10 +141,13 @@ class Ledger:
         """Plans intake or a worker should be carrying (received to submitted), scored by their last change."""
         return f"{self.prefix}index:in-flight"
 
-    def idle_in_flight(self, idle_seconds: float) -> list[str]:
-        """Plans in flight whose record has not changed for ``idle_seconds``: what the sweeper looks at."""
+    def idle_in_flight(self, idle_seconds: float, limit: int | None = None) -> list[str]:
+        """Plans in flight whose record has not changed for ``idle_seconds``, longest idle first: what the sweeper
+        looks at (at most ``limit`` of them)."""
         cutoff = datetime.now(UTC).timestamp() - idle_seconds
-        return [_text(i) for i in self.redis.zrangebyscore(self._in_flight_key, 0, cutoff)]
+        if limit is None:
+            return [_text(i) for i in self.redis.zrangebyscore(self._in_flight_key, 0, cutoff)]
+        return [_text(i) for i in self.redis.zrangebyscore(self._in_flight_key, 0, cutoff, start=0, num=limit)]
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, plan_id: str) -> PlanRecord | None:

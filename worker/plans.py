@@ -27,8 +27,10 @@ PLAN_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 PLAN_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Versions of the envelope this build accepts. A producer that sends none means 1.
 ACCEPTED_VERSIONS: tuple[int, ...] = (1,)
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
-DECIMAL = re.compile(r"^\d{1,14}(\.\d{1,4})?$")
+# ASCII digits only (\d matches Arabic-Indic and other digits), and \Z (``$`` also matches before a final newline).
+RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                     r"([Zz]|[+-][0-9]{2}:[0-9]{2})\Z")
+DECIMAL = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,4})?\Z")
 
 
 def _rfc3339_string(value: Any) -> Any:

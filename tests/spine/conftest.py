@@ -271,6 +271,46 @@ def intake_loop(intake: Any) -> Iterator[Any]:
     thread.join(timeout=5)
 
 
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class IntakeProcess:
+    """`commitd intake` in a process group of its own, logging to a file."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="commitd-intake-", suffix=".log")[1])
+        self._log = self.log.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "intake"], cwd=ROOT,
+                                        env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_for(lambda: b"commitd intake reading" in self.log.read_bytes() or self.process.poll() is not None,
+                 30, "the intake to start")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the intake exited:\n{self.log.read_text()[-3000:]}")
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
 def wait_for_state(runtime: Runtime, plan_id: str, states: set[str], timeout: float = 30) -> Any:
     deadline = time.monotonic() + timeout
     record = None

@@ -562,3 +562,30 @@ def test_intakes_racing_on_one_invalid_plan_reject_it_once(runtime: Runtime) -> 
     assert [h.state.value for h in record.history] == ["received", "rejected"]
     assert [d["plan_id"] for d in dead_letters(runtime)] == ["race-bad"]
     assert runtime.audit.verify().ok
+
+
+def test_a_sweep_looks_at_a_bounded_batch_of_stalled_plans(runtime: Runtime, intake: Any) -> None:
+    """Workers down and a backlog: each sweep re-sends at most SWEEP_BATCH plans (longest idle first), so the intake
+    goes back to reading the stream between sweeps; the next sweep takes the next ones."""
+    from worker.intake import SWEEP_BATCH
+
+    total = SWEEP_BATCH + 30
+    pipe = runtime.redis.pipeline(transaction=False)
+    for i in range(total):
+        pipe.xadd(runtime.key("plans"), {"plan": json.dumps(ri_plan(f"stalled-{i:03d}"))})
+    pipe.execute()
+    while intake.consume_once("c1", block_ms=100):
+        pass
+    assert len(runtime.ledger.ids()) == total
+    time.sleep(runtime.settings.stalled_after + 0.2)  # the plans must sit idle past the threshold: that is the point
+    first, second = intake.sweep(), intake.sweep()
+    assert (first["resent"], second["resent"]) == (SWEEP_BATCH, 30)
+    assert intake.sweep()["resent"] == 0  # each re-sent plan's idle clock restarted
+
+
+@pytest.mark.parametrize("money", ["٠.١٠", "0.10\n", "０.10"])
+def test_money_is_ascii_digits_only(runtime: Runtime, intake: Any, money: str) -> None:
+    """``\\d`` matches Arabic-Indic and full-width digits, and ``$`` matches before a final newline: a ceiling is
+    plain ASCII digits or it is refused, naming the field."""
+    result = intake.submit_raw(json.dumps(ri_plan(f"money-{len(money)}-{ord(money[0])}", max_hourly_usd=money)), "t")
+    assert result.outcome == "rejected" and "max_hourly_usd" in result.message, result

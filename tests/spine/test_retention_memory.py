@@ -12,11 +12,6 @@ load is the same at both figures whatever the machine's speed."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,12 +26,13 @@ from tests.spine.conftest import (
     ACCOUNT,
     ORG_ACCOUNT,
     ORG_BUYER_ACCOUNT,
-    ROOT,
     TAGGING_ACCOUNT,
     WorkerProcess,
     ri_plan,
+    wait_for,
     wait_for_state,
 )
+from tests.spine.conftest import IntakeProcess as Intake
 from worker.plans import TERMINAL_STATES
 from worker.retention import run_retention
 from worker.runtime import Runtime
@@ -81,39 +77,6 @@ RETENTION_ON = {
     "COMMITD_AUDIT_RETENTION_DAYS": repr(AGE_SECONDS / DAY),
     "COMMITD_RETENTION_INTERVAL": "1",
 }
-
-
-class Intake:
-    """`commitd intake` in a process group of its own."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.log = Path(tempfile.mkstemp(prefix="commitd-intake-", suffix=".log")[1])
-        self._log = self.log.open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "intake"], cwd=ROOT,
-                                        env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        wait_for(lambda: b"commitd intake reading" in self.log.read_bytes() or self.process.poll() is not None,
-                 30, "the intake to start")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the intake exited:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Producer:
