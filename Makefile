@@ -12,8 +12,10 @@ mutants:  ## mutation testing of the money path, files mutated in place; writes 
 	scripts/bootstrap
 	$(PYTHON) scripts/mutants.py $(MUTANTS_ARGS)
 
-chaos:  ## the chaos run alone: faults injected, a worker SIGKILLed, ledger == ground truth
-	scripts/test tests/spine/test_chaos.py
+chaos:  ## the chaos run (docs/chaos.md): 1,000 plans, 50 accounts, faults, kills, a failover; SEED=n replays
+	scripts/bootstrap
+	$(PYTHON) -m chaos.run --plans $(or $(CHAOS_PLANS),1000) --accounts $(or $(CHAOS_ACCOUNTS),50) \
+		--redis $(or $(CHAOS_REDIS),sentinel) $(if $(SEED),--seed $(SEED)) --out reports/chaos/latest.json
 
 bench:  ## bench/throughput.py (writes bench/results/latest.{json,md,png}), then every other bench/*.py; figures only
 	scripts/bootstrap

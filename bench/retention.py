@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the bench/e2e he
 from bench.e2e.harness import OFFERINGS, free_port, wait_until  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from sandbox.server import SandboxServer  # noqa: E402
+from worker.demo import scoped_environ  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.plans import PlanState  # noqa: E402
 from worker.runtime import Runtime, set_runtime  # noqa: E402
@@ -115,16 +116,8 @@ def environment(sandbox_url: str) -> Iterator[tuple[RedisServer, dict[str, str],
 
 
 def runtime_for(env: dict[str, str], **settings: Any) -> Runtime:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_environ(env):
         runtime = Runtime(Settings(**settings))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     set_runtime(runtime)
     return runtime
 

@@ -1,0 +1,1 @@
+"""The chaos run (``make chaos``, ``python -m chaos.run``): docs/chaos.md."""
