@@ -24,6 +24,7 @@ from worker.logs import get_logger
 from worker.plans import PlanEnvelope, PlanState
 from worker.runtime import Runtime
 from worker.switches import Pause
+from worker.testhooks import barrier
 
 log = get_logger("commitd.controls")
 
@@ -148,6 +149,7 @@ def approve_plan(runtime: Runtime, plan_id: str, by: str, note: str) -> PlanReco
         approval = add_approval(record.approval, by, note, now)
     except ApprovalError as exc:
         raise ControlRefused(str(exc)) from None
+    barrier("BEFORE_APPROVAL_WRITE")  # tests: several approvers read the plan before any of them writes
     try:
         if enough(approval, now):
             queued = runtime.ledger.transition(record, PlanState.QUEUED, f"approved by {by}", approval=approval)

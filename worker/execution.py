@@ -32,6 +32,7 @@ from worker.plans import PlanEnvelope, PlanState, describe_validation_error
 from worker.ratelimit import RateLimited
 from worker.runtime import Runtime
 from worker.settle import PlanRun, RequeueLater, SendBook, SendGuard, account_refusal, needs_attention, settle
+from worker.testhooks import checkpoint
 
 log = get_logger("commitd.execution")
 SIGNATURE_WAIT_SECONDS = 2.0
@@ -230,6 +231,7 @@ def _prepare(run: PlanRun) -> None:
         run.transition(PlanState.SUCCEEDED, f"dry run: {dry_reason}",
                        result={**dry_result, "dry_run": True, "dry_run_reason": dry_reason})
         return
+    checkpoint("AFTER_READS")  # tests: an operator's cancel lands here, between the reads and the intent
     if not _controls_allow(run):
         return
     if run.intent.signature and not _take_signature(run, run.intent.signature):

@@ -3,7 +3,9 @@
 A test sets ``COMMITD_TEST_HOOK_REDIS`` (a Redis URL) and ``COMMITD_TEST_HOOK_<POINT>=stop|kill`` in a worker's
 environment. The first process to reach the point (once per point, across processes) pushes its pid to the Redis
 list ``testhook:<point>`` and then stops itself with SIGSTOP (the test resumes it with SIGCONT) or dies with
-SIGKILL. ``COMMITD_TEST_CLOCK_OFFSET_SECONDS`` makes the worker's clock run fast or slow.
+SIGKILL. ``COMMITD_TEST_BARRIER_<POINT>=N`` makes every process that reaches the point wait there until N have
+(so N operators' commands read before any of them writes). ``COMMITD_TEST_CLOCK_OFFSET_SECONDS`` makes the worker's
+clock run fast or slow.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import time
 
 import redis
 
-POINTS = ("BEFORE_CONTROLS", "BEFORE_SEND", "AFTER_SEND")
+POINTS = ("AFTER_READS", "BEFORE_CONTROLS", "BEFORE_SEND", "AFTER_SEND")
+BARRIERS = ("BEFORE_APPROVAL_WRITE",)
+BARRIER_TIMEOUT_SECONDS = 30.0
 
 
 def checkpoint(point: str) -> None:
@@ -28,6 +32,23 @@ def checkpoint(point: str) -> None:
     client.rpush(f"testhook:{point}", f"{os.getpid()} {time.time()}")
     client.close()
     os.kill(os.getpid(), signal.SIGSTOP if what == "stop" else signal.SIGKILL)
+
+
+def barrier(point: str) -> None:
+    """Wait until ``COMMITD_TEST_BARRIER_<point>`` processes have reached this point (then all go on at once)."""
+    wanted = os.environ.get(f"COMMITD_TEST_BARRIER_{point}")
+    url = os.environ.get("COMMITD_TEST_HOOK_REDIS")
+    if not wanted or not url:
+        return
+    client = redis.Redis.from_url(url)
+    key = f"testhook:barrier:{point}"
+    client.incr(key)
+    deadline = time.monotonic() + BARRIER_TIMEOUT_SECONDS
+    while int(client.get(key) or 0) < int(wanted):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"test barrier {point}: fewer than {wanted} processes arrived")
+        time.sleep(0.01)
+    client.close()
 
 
 def clock_offset_seconds() -> float:

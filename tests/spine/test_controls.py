@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,70 @@ def test_a_pause_stops_the_plan_at_its_call_and_a_resume_finishes_it(
     assert done.state.value == "succeeded" and len(bought(sandbox)) == 1
     events = [e["event"] for e in audit_events(rt) if e["event"] in ("paused", "resumed")]
     assert events == ["paused", "resumed"]
+
+
+def test_many_approvals_at_once_queue_the_plan_once_and_buy_once(
+        rt: Runtime, approval_env: dict[str, str], approval_intake: Any, sandbox: SandboxControl,
+        start_worker: Any) -> None:
+    """Six people approve a plan that needs one approval at the same moment: six CLI processes, each held by a test
+    barrier after it read the plan (awaiting approval) until all six have, so all six then write. The ledger's
+    compare-and-set lets exactly one queue it; the other five are refused, and the plan is bought once."""
+    start_worker(COMMITD_ACCOUNTS_FILE=approval_env["COMMITD_ACCOUNTS_FILE"])
+    submit(approval_intake, ri_plan("big-race"))
+    wait_for_state(rt, "big-race", {"awaiting_approval"})
+    people = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    barrier = {"COMMITD_TEST_HOOK_REDIS": approval_env["COMMITD_REDIS_URL"],
+               "COMMITD_TEST_BARRIER_BEFORE_APPROVAL_WRITE": str(len(people))}
+    processes = [subprocess.Popen([sys.executable, "-m", "worker.cli", "approve", "big-race", "--by", name],
+                                  cwd=ROOT, env={**os.environ, **approval_env, **barrier}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for name in people]
+    answers = [(p.wait(timeout=60), *p.communicate()) for p in processes]
+    queued = [name for name, (code, out, _) in zip(people, answers, strict=True) if code == 0]
+    assert len(queued) == 1, answers
+    for code, _, err in (a for a in answers if a[0] != 0):  # all read it awaiting approval: each lost the race
+        assert code == 1 and "changed while approving" in err, err
+    done = wait_for_state(rt, "big-race", {"succeeded", "failed", "needs_attention"})
+    assert done.state.value == "succeeded" and len(bought(sandbox)) == 1
+    assert [a["by"] for a in done.approval["approvals"]] == queued
+    # Queued once: one history entry "approved by", and the worker was handed the plan once after the approval.
+    assert [h.note for h in done.history if h.note.startswith("approved by")] == [f"approved by {queued[0]}"]
+    assert sum(1 for h in done.history if h.state.value == "running") == 2  # before the approval, and after it
+
+
+def test_a_cancel_between_the_reads_and_the_intent_stops_the_worker_and_frees_its_budget(
+        rt: Runtime, tmp_path: Path, approval_env: dict[str, str], approval_intake: Any, sandbox: SandboxControl,
+        start_worker: Any) -> None:
+    """The worker has read AWS and is about to check its controls and record the intent; an operator cancels the plan
+    right then (the cancel has no budget to release yet). The worker goes on: it reserves the plan's budget and takes
+    its signature lock, then its compare-and-set fails. Nothing is sent, the worker releases the budget it reserved
+    for a plan no longer running, and an identical plan submitted afterwards is not held up by the lock."""
+    accounts = Path(approval_env["COMMITD_ACCOUNTS_FILE"])
+    accounts.write_text(json.dumps({"accounts": [{
+        **{k: v for k, v in APPROVAL_ACCOUNT.items() if k != "approvals"},
+        "limits": {"commitment_usd_per_day": "100000"}}]}))
+    worker = start_worker(COMMITD_ACCOUNTS_FILE=str(accounts), **hooks(approval_env, after_reads="stop"))
+    submit(approval_intake, ri_plan("race-1"))
+    pid, _ = hook_fired(approval_env["COMMITD_REDIS_URL"], "AFTER_READS")
+    assert rt.ledger.get("race-1").state.value == "running"  # type: ignore[union-attr]
+    budgets = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"]
+    assert f"{ACCOUNT}:day" not in budgets, budgets  # nothing reserved yet: figures appear with the first reservation
+
+    cancelled = cli(approval_env, "plans", "cancel", "race-1", "--by", "ops", "--reason", "planner withdrew it")
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    os.kill(pid, signal.SIGCONT)
+    eventually(lambda: "plan_changed_concurrently" in worker.log.read_text(),
+               "the worker to find the plan changed under it")
+    record = rt.ledger.get("race-1")
+    assert record is not None and record.state.value == "cancelled" and record.intent is None
+    assert bought(sandbox) == []
+    # The worker did reserve (after the cancel: the figures exist now), and released it when its write failed.
+    assert not rt.redis.exists(rt.key("budget_hold", "race-1"))
+    day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
+    assert Decimal(day["reserved_usd"]) == 0 and Decimal(day["used_usd"]) == 0, day
+
+    # The same purchase again, as a new plan: the cancelled plan's signature lock does not hold it up.
+    submit(approval_intake, ri_plan("race-2"))
+    done = wait_for_state(rt, "race-2", {"succeeded", "failed", "needs_attention"})
+    assert done.state.value == "succeeded" and len(bought(sandbox)) == 1
+    day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
+    assert Decimal(day["reserved_usd"]) == 0 and Decimal(day["used_usd"]) > 0, day
