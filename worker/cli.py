@@ -192,7 +192,9 @@ def plans_show(plan_id: str, as_json: bool) -> None:
         return
     click.echo(f"plan {record.plan_id}: {record.state.value} (attempts {record.attempts})")
     for step in record.history:
-        click.echo(f"  {step.at.isoformat(timespec='seconds')}  {step.state.value:18s} {step.note}")
+        again = (f" (again {step.repeated} time(s), the last at {step.last_at.isoformat(timespec='seconds')})"
+                 if step.repeated and step.last_at else "")
+        click.echo(f"  {step.at.isoformat(timespec='seconds')}  {step.state.value:18s} {step.note}{again}")
     for key in ("idempotency", "result", "error"):
         if data.get(key):
             click.echo(f"{key}: {json.dumps(data[key])}")

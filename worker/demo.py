@@ -382,7 +382,8 @@ class Watcher:
         records = {plan_id: self.runtime.ledger.get(plan_id) for plan_id in plan_ids}
         for plan_id, record in records.items():
             history = record.history if record is not None else []
-            for index in range(self.seen.get(plan_id, 0), len(history)):
+            # min: a repeated wait folds two steps into one entry (worker.ledger), so the history can get shorter
+            for index in range(min(self.seen.get(plan_id, 0), len(history)), len(history)):
                 old = history[index - 1].state.value if index else "-"
                 step = history[index]
                 note = f"  ({step.note[:80]}{'…' if len(step.note) > 80 else ''})" if step.note else ""

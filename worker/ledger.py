@@ -76,6 +76,22 @@ class Transition(BaseModel):
     state: PlanState
     at: datetime
     note: str = ""
+    # A wait that came back unchanged (the plan ran again and went back to queued with the same note) is counted here
+    # instead of adding two entries per recheck: a plan waiting days for budget keeps a short record. The audit
+    # trail still has every step.
+    repeated: int = 0
+    last_at: datetime | None = None
+
+
+def _add_step(history: list[Transition], step: Transition) -> None:
+    """Append ``step``, or, when it repeats the wait two entries back (``queued: n``, ``running``, ``queued: n``),
+    count it on that entry and drop the ``running`` between them."""
+    if (step.state == PlanState.QUEUED and len(history) >= 2 and history[-1].state == PlanState.RUNNING
+            and history[-2].state == PlanState.QUEUED and history[-2].note == step.note):
+        history.pop()
+        history[-1] = history[-1].model_copy(update={"repeated": history[-1].repeated + 1, "last_at": step.at})
+        return
+    history.append(step)
 
 
 class PlanRecord(BaseModel):
@@ -236,7 +252,7 @@ class Ledger:
         new.state = to
         new.updated_at = now
         if to != record.state:
-            new.history.append(Transition(state=to, at=now, note=note))
+            _add_step(new.history, Transition(state=to, at=now, note=note))
         audit = {
             "event": "plan_transition" if to != record.state else "plan_updated",
             "plan_id": record.plan_id,

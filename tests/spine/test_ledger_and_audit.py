@@ -113,6 +113,26 @@ def test_racing_transitions_exactly_one_wins(runtime: Runtime, intake: Any) -> N
     assert runtime.audit.verify().ok
 
 
+def test_a_wait_that_repeats_is_counted_and_a_new_wait_is_a_new_entry(runtime: Runtime, intake: Any) -> None:
+    submit(intake, ri_plan("wait-h"))
+    record = runtime.ledger.get("wait-h")
+    assert record is not None
+    for note in ("waiting for budget: 10", "waiting for budget: 10", "waiting for budget: 10", "paused (all)"):
+        record = runtime.ledger.transition(record, PlanState.RUNNING, "picked up")
+        record = runtime.ledger.transition(record, PlanState.QUEUED, note)
+    stored = runtime.ledger.get("wait-h")
+    assert stored is not None
+    steps = [(h.state.value, h.note, h.repeated) for h in stored.history]
+    assert steps == [("received", "received from test", 0), ("queued", "queued for its family's worker", 0),
+                     ("running", "picked up", 0),
+                     ("queued", "waiting for budget: 10", 2), ("running", "picked up", 0),
+                     ("queued", "paused (all)", 0)], steps
+    assert stored.history[3].last_at is not None and stored.history[3].last_at > stored.history[3].at
+    # The audit trail keeps every step.
+    transitions = [r["to"] for r in runtime.audit.records(plan_id="wait-h") if r["event"] == "plan_transition"]
+    assert transitions == ["queued"] + ["running", "queued"] * 4
+
+
 def test_history_has_timestamps_and_records_results(runtime: Runtime, intake: Any) -> None:
     before = datetime.now(UTC)
     submit(intake, ri_plan("hist-1"))
