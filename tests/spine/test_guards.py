@@ -44,9 +44,11 @@ def submit(intake: Any, plan: dict[str, Any]) -> None:
 def test_a_plan_that_runs_longer_than_its_lease_keeps_it_by_renewal(
     runtime: Runtime, sandbox: SandboxControl, intake: Any
 ) -> None:
-    """The offerings read takes longer than the whole lease: only the heartbeat's renewals let the send happen."""
+    """The offerings read takes more than twice the lease: only the heartbeat's renewals, again and again, let the
+    send happen (a heartbeat that renewed once would give the lease 4/3 of its time, and the send would be refused)."""
     assert runtime.settings.lease_seconds < 5
-    sandbox.add_fault("ec2:DescribeReservedInstancesOfferings", "latency", count=1, latency_ms=5000)
+    sandbox.add_fault("ec2:DescribeReservedInstancesOfferings", "latency", count=1,
+                      latency_ms=int(runtime.settings.lease_seconds * 2250))
     submit(intake, ri_plan("long-run"))
     assert run_plan(runtime, "long-run", ACTIONS) == "succeeded"
     record = runtime.ledger.get("long-run")
