@@ -186,11 +186,13 @@ class Budgets:
         return CapReached(*text)
 
     def settle(self, plan_id: str, state: PlanState, account: str, limits: AccountLimits) -> str:
-        """The plan reached ``state``: its hold becomes used (succeeded), is released (failed, expired, cancelled)
-        or stays (anything else). Returns what happened ('none' when the plan held no budget)."""
+        """The plan reached ``state``: its hold becomes used (succeeded), is released (failed, expired, cancelled;
+        awaiting approval, which sends nothing until it runs again and reserves again) or stays (anything else).
+        Returns what happened ('none' when the plan held no budget)."""
         if state == PlanState.SUCCEEDED:
             how = "use"
-        elif state in (PlanState.FAILED, PlanState.EXPIRED, PlanState.CANCELLED, PlanState.REJECTED):
+        elif state in (PlanState.FAILED, PlanState.EXPIRED, PlanState.CANCELLED, PlanState.REJECTED,
+                       PlanState.AWAITING_APPROVAL):
             how = "release"
         else:
             return "kept"

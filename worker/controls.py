@@ -30,7 +30,10 @@ log = get_logger("commitd.controls")
 
 # A plan is cancelled only before its intent is recorded: from then on a send may be on its way.
 CANCELLABLE = frozenset({PlanState.SCHEDULED, PlanState.AWAITING_APPROVAL, PlanState.QUEUED, PlanState.RUNNING})
-BUDGET_SETTLING = frozenset({PlanState.SUCCEEDED, PlanState.FAILED, PlanState.EXPIRED, PlanState.CANCELLED})
+# Awaiting approval releases too: a plan given back to the queue after it reserved (waiting for another plan's
+# identical call) may find its approval expired when it runs again, and a person may take days to answer.
+BUDGET_SETTLING = frozenset({PlanState.SUCCEEDED, PlanState.FAILED, PlanState.EXPIRED, PlanState.CANCELLED,
+                             PlanState.AWAITING_APPROVAL})
 
 
 class ControlRefused(ValueError):
@@ -182,4 +185,6 @@ def _expired(runtime: Runtime, record: PlanRecord, now: datetime) -> PlanRecord 
     expires_at = (record.plan or {}).get("expires_at")
     if not isinstance(expires_at, str) or datetime.fromisoformat(expires_at) > now:
         return None
-    return runtime.ledger.transition(record, PlanState.EXPIRED, "expired while awaiting approval")
+    expired = runtime.ledger.transition(record, PlanState.EXPIRED, "expired while awaiting approval")
+    settle_budget(runtime, expired)
+    return expired

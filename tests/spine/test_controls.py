@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -311,5 +311,54 @@ def test_a_cancel_between_the_reads_and_the_intent_stops_the_worker_and_frees_it
     submit(approval_intake, ri_plan("race-2"))
     done = wait_for_state(rt, "race-2", {"succeeded", "failed", "needs_attention"})
     assert done.state.value == "succeeded" and len(bought(sandbox)) == 1
+    day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
+    assert Decimal(day["reserved_usd"]) == 0 and Decimal(day["used_usd"]) > 0, day
+
+
+def test_a_plan_that_goes_back_to_awaiting_approval_gives_its_budget_back(
+        rt: Runtime, approval_env: dict[str, str], approval_intake: Any, sandbox: SandboxControl,
+        start_worker: Any) -> None:
+    """Plan A was approved, reserved its budget, and went back to the queue: plan B, for the same offering, holds
+    the call's lock (B's worker is stopped right before its send). While A waits for B its approval expires, so when
+    A runs again it asks for approval again. A person may take days to answer: A's reservation is released then (it
+    sends nothing until it runs again, and reserves again). Once B is let go and A approved again, both are bought
+    and the day's figures hold both, nothing left reserved."""
+    accounts = Path(approval_env["COMMITD_ACCOUNTS_FILE"])
+    accounts.write_text(json.dumps({"accounts": [{
+        **APPROVAL_ACCOUNT, "approvals": {**APPROVAL_ACCOUNT["approvals"], "valid_seconds": 8},
+        "limits": {"commitment_usd_per_day": "100000"}}]}))
+    # B's worker stops right before its send, holding B's lock; its lease (60 s) outlasts the stop.
+    start_worker("w1", COMMITD_ACCOUNTS_FILE=str(accounts), COMMITD_LEASE_SECONDS="60",
+                 **hooks(approval_env, before_send="stop"))
+    submit(approval_intake, ri_plan("holder-b"))
+    wait_for_state(rt, "holder-b", {"awaiting_approval"})
+    assert cli(approval_env, "approve", "holder-b", "--by", "alice").returncode == 0
+    b_pid, _ = hook_fired(approval_env["COMMITD_REDIS_URL"], "BEFORE_SEND")
+    start_worker("w2", COMMITD_ACCOUNTS_FILE=str(accounts))
+
+    submit(approval_intake, ri_plan("waiter-a"))
+    wait_for_state(rt, "waiter-a", {"awaiting_approval"})
+    assert cli(approval_env, "approve", "waiter-a", "--by", "alice").returncode == 0
+    hold_a = rt.key("budget_hold", "waiter-a")
+    def waits_for_b() -> bool:
+        a = rt.ledger.get("waiter-a")
+        return bool(rt.redis.exists(hold_a)) and a is not None and "waiting for plan holder-b" in a.history[-1].note
+
+    eventually(waits_for_b, "plan A to reserve its budget and wait for plan B's lock")
+    again = eventually(lambda: (lambda r: r if r.state.value == "awaiting_approval" and "expired: alice"
+                                in r.history[-1].note else None)(rt.ledger.get("waiter-a")),
+                       "plan A's approval to expire and A to ask again", timeout=60)
+    assert again is not None and not rt.redis.exists(hold_a), "A waits for a person: its budget is released"
+    day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
+    b = rt.ledger.get("holder-b")
+    assert b is not None and b.intent is not None
+    b_cents = Decimal(b.intent["commitment_usd"]).quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+    assert Decimal(day["reserved_usd"]) == b_cents, day  # B's reservation only
+
+    os.kill(b_pid, signal.SIGCONT)
+    assert wait_for_state(rt, "holder-b", {"succeeded", "failed", "needs_attention"}).state.value == "succeeded"
+    assert cli(approval_env, "approve", "waiter-a", "--by", "bob").returncode == 0
+    assert wait_for_state(rt, "waiter-a", {"succeeded", "failed", "needs_attention"}).state.value == "succeeded"
+    assert len(bought(sandbox)) == 2
     day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
     assert Decimal(day["reserved_usd"]) == 0 and Decimal(day["used_usd"]) > 0, day
