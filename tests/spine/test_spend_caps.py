@@ -23,6 +23,7 @@ from sandbox.control import SandboxControl
 from tasks import ACTIONS
 from tests.spine.conftest import EXTERNAL_ID, ri_plan, wait_for_state
 from tests.spine.test_exactly_once import SETTLED
+from tests.spine.test_purchase import tasks_done
 from worker.budgets import Budgets, CapReached
 from worker.celery_app import enqueue
 from worker.intake import Intake
@@ -195,6 +196,9 @@ def test_parallel_plans_on_two_workers_never_commit_beyond_the_daily_cap(
                                     "reserved_usd": str(numbers["reserved"]), "amount_usd": str(unit),
                                     "cap_usd": str(cap)}
         assert record.intent is None and not (record.book or {}).get("sends"), "a refused plan sent nothing"
+    # Each refused plan's task ended there, returning its state: it went no further (lock, intent) after failing.
+    results = sorted(tasks_done(workers).values())
+    assert results.count("failed") == len(failed) and results.count("succeeded") == admitted, results
 
     total, ids = committed_in_aws(aws)
     assert total <= cap
