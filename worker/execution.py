@@ -96,13 +96,16 @@ def _run_leased(runtime: Runtime, record: PlanRecord | None, plan_id: str, actio
         return _poisoned(runtime, record)
     if account is None:  # the account was removed from the configuration after intake
         return _account_gone(runtime, record, plan)
+    run = _new_run(runtime, action, plan, account, lease, record)
     if record.state in (PlanState.QUEUED, PlanState.RUNNING):
-        # A paused plan makes no reads either, and its record is left as it is (no attempt, no note every recheck).
+        # A paused plan makes no reads either, and its record is left as it is (no attempt, no note every recheck);
+        # but one past its expires_at is expired now (by _run, before any read), not after the resume.
         pause = pause_over(runtime, action.family.name, plan.account_id)
-        if pause is not None:
+        past_expiry = (record.state == PlanState.QUEUED and plan.expires_at is not None
+                       and run.handle.now() >= plan.expires_at)
+        if pause is not None and not past_expiry:
             log.info("plan_paused", plan_id=plan_id, scope=pause.scope)
             raise RequeueLater(pause_note(pause), runtime.settings.pause_recheck_seconds)
-    run = _new_run(runtime, action, plan, account, lease, record)
     try:
         return _run(run, record)
     except RateLimited as limited:  # deferred, not failed: this attempt is given back

@@ -362,3 +362,26 @@ def test_a_plan_that_goes_back_to_awaiting_approval_gives_its_budget_back(
     assert len(bought(sandbox)) == 2
     day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
     assert Decimal(day["reserved_usd"]) == 0 and Decimal(day["used_usd"]) > 0, day
+
+
+def test_a_paused_plan_past_its_expires_at_is_expired_without_waiting_for_the_resume(
+        rt: Runtime, approval_env: dict[str, str], approval_intake: Any, sandbox: SandboxControl,
+        start_worker: Any) -> None:
+    """The account is paused; a plan that must be sent within 8 s waits at its pickup check (no reads, no writes).
+    When its expires_at passes it is expired there and then, still without a read: the planner learns it now, not
+    whenever someone resumes the account."""
+    from datetime import UTC, datetime, timedelta
+
+    write_accounts(Path(approval_env["COMMITD_ACCOUNTS_FILE"]), above={"commitment_usd": "1000000"})
+    assert cli(approval_env, "pause", "--account", ACCOUNT, "--reason", "quarter close", "--by", "ops").returncode == 0
+    worker = start_worker(COMMITD_ACCOUNTS_FILE=approval_env["COMMITD_ACCOUNTS_FILE"],
+                          COMMITD_PAUSE_RECHECK_SECONDS="0.3")
+    expires = datetime.now(UTC) + timedelta(seconds=8)
+    submit(approval_intake, {**ri_plan("short-lived"), "expires_at": expires.isoformat()})
+    eventually(lambda: "plan_paused" in worker.log.read_text(), "the worker to find the plan paused")
+    assert rt.ledger.get("short-lived").state.value == "queued"  # type: ignore[union-attr]
+    done = wait_for_state(rt, "short-lived", {"expired", "succeeded", "failed", "needs_attention"})
+    assert done.state.value == "expired" and done.history[-1].note == "expired before it ran"
+    assert [h.state.value for h in done.history] == ["received", "queued", "expired"]  # never ran: no reads
+    assert done.history[-1].at >= expires and bought(sandbox) == []
+    assert json.loads(cli(approval_env, "status", "--json").stdout)["switches"]  # still paused
