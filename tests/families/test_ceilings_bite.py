@@ -115,3 +115,44 @@ def test_an_exchange_whose_target_has_an_hourly_price_counts_it_over_the_whole_t
     assert Decimal(exact.intent["commitment_usd"]) == total
     states = sorted(n["state"] for n in sandbox.resources(account_id=ACCOUNT, type="reserved-node"))
     assert states == ["active", "retired"]
+
+
+@pytest.mark.parametrize("years", [1, 3])
+@pytest.mark.parametrize(("example", "count_param"), [
+    ("ec2-purchase-reserved-instances-offering.json", "instance_count"),
+    ("redshift-purchase-reserved-node-offering.json", "node_count"),
+    ("es-purchase-reserved-elasticsearch-instance-offering.json", "instance_count"),
+    ("es-purchase-reserved-elasticsearch-instance.json", "instance_count"),
+])
+def test_the_intake_counts_the_hourly_ceiling_over_the_whole_term(
+    runtime: Runtime, accounts_file: Path, tmp_path: Path, example: str, count_param: str, years: int
+) -> None:
+    """A plan whose ceilings are 100 USD upfront and 0.25 USD an hour for 3 units may commit up to
+    100 + 0.25 × 3 × 8760 × years: the account's per-plan limit set exactly there admits it, a cent less refuses it
+    and names that figure. (max_total_usd, where the action has one, is set far above, so the term's hours decide.)
+    Kills tasks/redshift_reservations.py PurchaseReservedNodeParams.term_hours: ``// 3600`` -> ``| 3600``, and the
+    same arithmetic in the EC2 and OpenSearch purchases."""
+    from decimal import Decimal
+
+    from tests.spine.test_mutant_guards import _accounts_with_limits
+    from worker.celery_app import enqueue
+    from worker.intake import Intake
+
+    plan = json.loads((EXAMPLES / example).read_text())
+    params = {**plan["params"], "duration_years": years, count_param: 3, "max_upfront_usd": "100",
+              "max_hourly_usd": "0.25"}
+    if "max_total_usd" in params:
+        params["max_total_usd"] = "10000000"
+    worst = Decimal("100") + Decimal("0.25") * 3 * 8760 * years
+
+    def submitted(limit: Decimal, plan_id: str) -> Any:
+        limits = _accounts_with_limits(accounts_file, tmp_path / plan_id, Decimal("100"), limit)
+        own = Runtime(Settings(**{**runtime.settings.model_dump(), "accounts_file": limits}))
+        return Intake(own, ACTIONS, enqueue).submit_raw(json.dumps({**plan, "plan_id": plan_id, "params": params}),
+                                                        "test")
+
+    at_limit = submitted(worst, f"term-{years}-at")
+    assert at_limit.outcome == "accepted", at_limit
+    below = submitted(worst - Decimal("0.01"), f"term-{years}-below")
+    assert below.outcome == "rejected", below
+    assert f"may commit up to {worst} USD in total" in below.message, below.message

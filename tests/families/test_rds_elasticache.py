@@ -133,6 +133,25 @@ def test_lost_answers_are_found_by_id_and_throttles_buy_once(
     assert sandbox.faults()["fired"] == {"commit_then_drop": 2, "throttle": 4}
 
 
+def test_a_purchase_that_never_reached_aws_is_found_absent_by_id_and_sent_once_more(
+    runtime: Runtime, sandbox: SandboxControl, intake: Any, start_worker: Any
+) -> None:
+    """The connection drops before AWS takes the purchase: the read by reservation id answers NotFound (AWS's error
+    for an id it has never seen), which reconciliation must take as "not bought" and send again, once. (A surviving
+    mutant of `make mutants` made that handler catch nothing: the error went up and the plan was retried blindly.)"""
+    start_worker()
+    for service in SERVICES:
+        sandbox.add_fault(f"{service.name}:Purchase*", "reset", count=1)
+    records = run_all(runtime, intake, [cheap_plan(s, f"{s.name}-never-sent") for s in SERVICES])
+    for service in SERVICES:
+        record = records[f"{service.name}-never-sent"]
+        assert record.state.value == "succeeded", (service.name, record.error)
+        assert record.book["sends"] == 2 and record.attempts == 1  # the lost one, then the one AWS took
+        [made] = bought(sandbox, service)
+        assert record.result["resource_ids"] == [made["id"]] and record.result.get("reconciled") is not True
+    assert sandbox.faults()["fired"] == {"reset": 2}
+
+
 def test_an_id_already_taken_is_looked_up_never_adopted_blindly(
     runtime: Runtime, sandbox: SandboxControl, intake: Any, start_worker: Any
 ) -> None:
