@@ -433,3 +433,21 @@ def test_listing_refusals_an_unregistered_seller_a_cancel_done_by_hand_and_a_den
     error = failed_with(denied, "UnauthorizedOperation")
     assert CANCEL in error["message"]
     assert sorted(r["state"] for r in ground_truth(sandbox, LISTINGS)) == ["active", "cancelled"]
+
+
+def test_normalization_factors_follow_awss_rule_for_every_size() -> None:
+    """A modification must keep the footprint (factor × count), so a wrong factor refuses a valid split or merge, or
+    lets one through that changes what is reserved. AWS's rule ("Instance size flexibility"): small is 1, each step
+    down halves it (micro 0.5, nano 0.25), medium 2, large 4, xlarge 8, and N·xlarge is 8·N. (A surviving mutant of
+    `make mutants` changed 18xlarge's 144 to 143 and no test noticed.)"""
+    from decimal import Decimal
+
+    from tasks.ec2_reserved_instances import NORMALIZATION_FACTORS
+
+    below_xlarge = {"nano": Decimal("0.25"), "micro": Decimal("0.5"), "small": Decimal(1), "medium": Decimal(2),
+                    "large": Decimal(4), "xlarge": Decimal(8)}
+    for size, factor in NORMALIZATION_FACTORS.items():
+        expected = below_xlarge.get(size) or 8 * Decimal(size.removesuffix("xlarge"))
+        assert factor == expected, (size, factor, expected)
+    # Every size AWS sells up to 112xlarge in the families this table serves.
+    assert {"nano", "small", "large", "9xlarge", "18xlarge", "56xlarge", "112xlarge"} <= set(NORMALIZATION_FACTORS)
