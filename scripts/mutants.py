@@ -59,7 +59,7 @@ MONEY_PATH: dict[str, list[str]] = {
     "worker/settle.py": ["tests/spine/test_money.py", "tests/spine/test_guards.py", "tests/spine/test_exactly_once.py",
                          "tests/spine/test_purchase.py"],
     "worker/claims.py": ["tests/spine/test_money.py", "tests/spine/test_exactly_once.py"],
-    "worker/durability.py": ["tests/spine/test_exactly_once.py"],
+    "worker/durability.py": ["tests/spine/test_exactly_once.py", "tests/spine/test_redis_sentinel.py"],
     "worker/verify.py": ["tests/spine/test_guards.py", "tests/spine/test_exactly_once.py"],
     "tasks/ec2_reserved_instances.py": ["tests/spine/test_mutant_guards.py", "tests/families/test_ceilings_bite.py",
                                         "tests/spine/test_money.py", "tests/spine/test_guards.py",

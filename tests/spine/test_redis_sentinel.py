@@ -315,3 +315,39 @@ def test_plans_finish_once_when_the_primary_fails_over(
     assert b"durability=replicas" in log or b'"durability": "replicas"' in log, "sends waited for a replica"
     assert_no_password(log, "the worker's log")
     assert runtime.audit.verify().ok
+
+
+def test_no_send_while_no_replica_acknowledges_its_record(
+    topology: SentinelTopology, sentinel_runtime: Runtime, sandbox: SandboxControl
+) -> None:
+    """With COMMITD_SEND_RECORD_DURABILITY=replicas a send waits for a replica to hold its record. Both replicas are
+    frozen (SIGSTOP): WAIT answers that none acknowledged within the 2 s, so the plan fails DurabilityUnavailable
+    with nothing bought. Once they run again, the same purchase goes through. (A surviving mutant of `make mutants`
+    took "fewer replicas than asked" for enough.)"""
+    from worker.celery_app import enqueue
+    from worker.execution import run_plan
+    from worker.intake import Intake
+
+    runtime = sentinel_runtime
+    intake = Intake(runtime, ACTIONS, enqueue)
+
+    def ris() -> set[str]:
+        return {ri["id"] for ri in sandbox.resources(account_id=ACCOUNT, type="reserved-instances")}
+
+    frozen = [r.process for r in topology.replicas if r.process is not None]
+    assert len(frozen) == 2
+    for process in frozen:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        assert intake.submit_raw(json.dumps(ri_plan("unreplicated", instance_count=1)), "test").outcome == "accepted"
+        assert run_plan(runtime, "unreplicated", ACTIONS) == "failed"
+    finally:
+        for process in frozen:
+            process.send_signal(signal.SIGCONT)
+    record = runtime.ledger.get("unreplicated")
+    assert record is not None and (record.error or {}).get("code") == "DurabilityUnavailable", record.error
+    assert "0 of 1 replicas" in record.error["message"] and record.book["sends"] == 0 and ris() == set()
+
+    assert intake.submit_raw(json.dumps(ri_plan("replicated", instance_count=1)), "test").outcome == "accepted"
+    assert run_plan(runtime, "replicated", ACTIONS) == "succeeded"
+    assert ris() == set(runtime.ledger.get("replicated").result["resource_ids"])  # type: ignore[union-attr]
