@@ -101,6 +101,9 @@ def test_a_pause_longer_than_the_margin_is_detected_as_a_duplicate(
     record = wait_for_state(runtime, "frozen-2", {"needs_attention"}, timeout=60)
     assert len(bought(sandbox)) == 2
     assert record.error["code"] in ("DuplicateSend", "DuplicateSuspected"), record.error
+    # The error names both purchases, so a person can resolve it: the other send's, and this plan's result.
+    named = record.error.get("resource_ids") or [*record.error.get("suspects", []), *record.result["resource_ids"]]
+    assert sorted(named) == sorted(ri["id"] for ri in bought(sandbox)), record.error
     events = [e["event"] for e in runtime.audit.records(plan_id="frozen-2")]
     assert "sent_after_lease_lost" in events
     printed = dict(line.split("\t") for line in commitd(env, "metrics").stdout.splitlines())
