@@ -370,6 +370,31 @@ def unified_diff(module: str, before: str, after: str) -> str:
                                         f"a/{module}", f"b/{module}", n=1))
 
 
+def survivor_key(survivor: dict[str, Any]) -> str:
+    """The key of the mutant a survivor entry describes (as in its run's ``mutant``)."""
+    return f"{survivor['file']}:{survivor['line']}:{short(survivor['operator'])}:{survivor.get('occurrence')}"
+
+
+def changed_lines(diff: str) -> list[str]:
+    """A diff's body: the lines removed and added with their context, without the headers (line numbers)."""
+    return [line for line in diff.splitlines() if line[:1] in "-+ " and not line.startswith(("---", "+++"))]
+
+
+def moved_mutant(module: str, survivor: dict[str, Any], mutants: list[Mutant]) -> Mutant | None:
+    """The survivor's mutant in code that changed above it (its line moved): the same operator and the same edit of
+    the same text between the same neighbours. None when there is no such mutant, or more than one."""
+    source = (ROOT / module).read_text(encoding="utf-8")
+    wanted = changed_lines(survivor.get("diff", ""))
+    found = []
+    for mutant in mutants:
+        if mutant.operator != survivor["operator"]:
+            continue
+        mutated = mutate(source, mutant)
+        if mutated is not None and changed_lines(unified_diff(module, source, mutated)) == wanted:
+            found.append(mutant)
+    return found[0] if len(found) == 1 else None
+
+
 # --- equivalents ----------------------------------------------------------------------------------------------
 
 
@@ -606,9 +631,16 @@ def rerun_survivors(args: argparse.Namespace) -> int:
         result = ModuleResult(tests=MONEY_PATH[name], mutants=module["mutants"])
         if not prepare_module(name, args, result, len(pending)):
             continue
-        by_key = {m.key: m for m in find_mutants(name)}
+        found = find_mutants(name)
+        by_key = {m.key: m for m in found}
+        survivors = {survivor_key(s): s for s in module["survivors"]}
         for run in pending:
-            mutant = by_key.get(run["mutant"])
+            reported = run["mutant"]
+            mutant = by_key.get(reported)
+            if mutant is None and reported in survivors:  # code added above it since: find it by its edit
+                mutant = moved_mutant(name, survivors[reported], found)
+                if mutant is not None:
+                    print(f"  {run['mutant']}: now at line {mutant.line}", flush=True)
             if mutant is None:
                 print(f"  {run['mutant']}: no such mutant in the code as it is now; left as it was", flush=True)
                 continue
@@ -619,10 +651,8 @@ def rerun_survivors(args: argparse.Namespace) -> int:
             outcome = again.runs[-1]
             module["survived"] -= 1
             module["killed" if outcome["outcome"] == "failed" else "timeout"] += 1
-            run.update(outcome, rerun=True)
-            module["survivors"] = [s for s in module["survivors"]
-                                   if (s["file"], s["line"], s["operator"]) != (name, mutant.line, mutant.operator)
-                                   or s.get("occurrence", mutant.occurrence) != mutant.occurrence]
+            run.update(outcome, rerun=True, **({"first_run_as": reported} if outcome["mutant"] != reported else {}))
+            module["survivors"] = [s for s in module["survivors"] if survivor_key(s) != reported]
         module["tests"] = result.tests
         module["kill_rate"] = kill_rate(module["killed"] + module["timeout"], module["tried"])
         REPORT.write_text(json.dumps(report, indent=2) + "\n")
