@@ -341,6 +341,17 @@ def _family(instance_type: str) -> str:
     return instance_type.partition(".")[0]
 
 
+def _detail(value: Decimal | dict[str, int] | None) -> str | dict[str, int] | None:
+    """A footprint or factor in an error's details: a decimal as its text, counts per type as they are."""
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def _shown(footprint: Decimal | dict[str, int]) -> str:
+    if isinstance(footprint, Decimal):
+        return str(footprint)
+    return ", ".join(f"{count} × {instance_type}" for instance_type, count in sorted(footprint.items()))
+
+
 def _factor(instance_type: str) -> Decimal | None:
     return NORMALIZATION_FACTORS.get(instance_type.partition(".")[2])
 
@@ -458,11 +469,12 @@ class ModifyReservedInstances(Action[ModifyReservedInstancesParams, RiModifyInte
         if have != want:
             raise PlanFailed(
                 "FootprintMismatch",
-                f"the target configurations' normalized footprint ({want}) differs from that of the Reserved "
-                f"Instances being modified ({have}); the sum of normalization factor × count must stay the same; "
-                "nothing was modified",
-                {"source_footprint": str(have), "target_footprint": str(want),
-                 "normalization_factors": {t.instance_type: str(_factor(t.instance_type)) for t in targets}},
+                f"the target configurations' normalized footprint ({_shown(want)}) differs from that of the "
+                f"Reserved Instances being modified ({_shown(have)}); the sum of normalization factor × count must "
+                "stay the same (for a size without a factor, such as metal, the count per instance type); nothing "
+                "was modified",
+                {"source_footprint": _detail(have), "target_footprint": _detail(want),
+                 "normalization_factors": {t.instance_type: _detail(_factor(t.instance_type)) for t in targets}},
             )
         if sorted(_ri_shape(ri) for ri in sources) == sorted(t.shape() for t in targets):
             raise PlanFailed("NothingToModify", "the target configurations are the Reserved Instances' current "

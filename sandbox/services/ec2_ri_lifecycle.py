@@ -221,7 +221,9 @@ def _target_config(ctx: CallContext, source: Resource, target: dict[str, Any]) -
         raise AwsError("InvalidParameterValue", "Each target configuration needs an InstanceCount of at least 1.")
     instance_type = target.get("InstanceType") or data["InstanceType"]
     family, factor = _family_and_factor(instance_type)
-    if factor is None or family != _family_and_factor(data["InstanceType"])[0]:
+    # A size without a factor (metal) keeps its size: its zone, scope and split can change, not its type.
+    if family != _family_and_factor(data["InstanceType"])[0] or (factor is None
+                                                                  and instance_type != data["InstanceType"]):
         raise AwsError(
             "InvalidParameterValue",
             f"The instance type '{instance_type}' is not in the family of the Reserved Instances being modified.",
@@ -260,19 +262,31 @@ def _target_config(ctx: CallContext, source: Resource, target: dict[str, Any]) -
     return config
 
 
-def _footprint(instance_type: str, count: int) -> float:
-    factor = _family_and_factor(instance_type)[1] or 0
-    return factor * count
+def _footprint(pairs: list[tuple[str, int]]) -> float | dict[str, int]:
+    """Normalized units summed; with a size that has no factor (metal), the count per instance type."""
+    if all(_family_and_factor(instance_type)[1] is not None for instance_type, _ in pairs):
+        return sum((_family_and_factor(instance_type)[1] or 0) * count for instance_type, count in pairs)
+    counts: dict[str, int] = {}
+    for instance_type, count in pairs:
+        counts[instance_type] = counts.get(instance_type, 0) + count
+    return counts
+
+
+def _text(footprint: float | dict[str, int]) -> str:
+    if isinstance(footprint, dict):
+        return ", ".join(f"{count} x {instance_type}" for instance_type, count in sorted(footprint.items()))
+    return f"{footprint:g}"
 
 
 def _check_footprint(sources: list[Resource], configs: list[dict[str, Any]]) -> None:
-    have = sum(_footprint(s.data["InstanceType"], s.data["InstanceCount"]) for s in sources)
-    want = sum(_footprint(c["InstanceType"], c["InstanceCount"]) for c in configs)
-    if not math.isclose(have, want):
+    have = _footprint([(s.data["InstanceType"], int(s.data["InstanceCount"])) for s in sources])
+    want = _footprint([(c["InstanceType"], int(c["InstanceCount"])) for c in configs])
+    same = math.isclose(have, want) if isinstance(have, float | int) and isinstance(want, float | int) else have == want
+    if not same:
         raise AwsError(
             "InvalidParameterValue",
-            f"The normalized footprint of the target configurations ({want:g}) must equal that of the "
-            f"Reserved Instances being modified ({have:g}).",
+            f"The normalized footprint of the target configurations ({_text(want)}) must equal that of the "
+            f"Reserved Instances being modified ({_text(have)}).",
         )
     if len(sources) == 1 and len(configs) == 1:
         source, config = sources[0].data, configs[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sandbox.control import SandboxControl
+from sandbox.server import SandboxServer
 from tests.families.harness import (
     assert_nothing_spent,
     assert_session_confined,
@@ -32,6 +34,7 @@ from tests.production_role import PRODUCTION_ROLE_POLICY
 from tests.spine.conftest import ACCOUNT, EXTERNAL_ID
 from tests.spine.test_exactly_once import hook_fired, hooks
 from worker.ledger import PlanRecord
+from worker.requeue import RequeueLater
 from worker.runtime import Runtime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plans"
@@ -215,6 +218,71 @@ def test_modify_refusals_a_terminal_aws_error_and_a_failed_modification_modify_n
     error = failed_with(ending, "ModificationFailed")
     assert "no longer active" in error["message"] and error["details"]["status"] == "failed"
     assert [m["state"] for m in ground_truth(sandbox, MODIFICATIONS)] == ["failed"] and made_by(sandbox, MODIFY) == []
+
+
+@pytest.fixture(scope="module")
+def metal_sandbox() -> Iterator[SandboxServer]:
+    """A second sandbox whose catalogue also sells m5.metal (the shared one has no size without a factor), so a
+    metal RI can be seeded."""
+    from sandbox.app import SandboxApp
+    from sandbox.catalogue import Catalogue
+
+    catalogue = Catalogue.load()
+    offerings = catalogue.section("ec2_ri_offerings")
+    metal = [{**o, "InstanceType": "m5.metal", "ReservedInstancesOfferingId": f"metal-{n}"}
+             for n, o in enumerate(offerings) if o["InstanceType"] == "m5.large" and not o["Marketplace"]]
+    offerings.extend(metal)
+    server = SandboxServer(SandboxApp(catalogue)).start()
+    yield server
+    server.stop()
+
+
+def test_a_metal_ri_is_split_by_its_count_and_a_split_that_loses_an_instance_is_refused(
+    runtime: Runtime, metal_sandbox: SandboxServer
+) -> None:
+    """A size without a normalization factor (metal) cannot change size, so its footprint is the count per instance
+    type, summed over the target configurations: 4 × m5.metal split 2 + 1 over two zones loses one and commitd
+    refuses it before any call; 2 + 2 keeps it and the modification is made. (A surviving mutant of `make mutants`
+    summed the counts with % instead of +, which made every metal footprint 0 and let the lossy split through.)"""
+    from config.settings import Settings
+    from tasks import ACTIONS
+    from tests.spine.test_guards import run_until_settled
+    from worker.celery_app import enqueue
+    from worker.execution import run_plan
+    from worker.intake import Intake
+
+    own = Runtime(Settings(**{**runtime.settings.model_dump(), "aws_endpoint_url": metal_sandbox.url}))
+    control = SandboxControl(metal_sandbox.url)
+    control.reset()
+    intake = Intake(own, ACTIONS, enqueue)
+    lossy_ri, split_ri = "5d000000-0000-4000-8000-000000000066", "5d000000-0000-4000-8000-000000000067"
+    seed_ri(control, lossy_ri, instance_type="m5.metal")
+    seed_ri(control, split_ri, instance_type="m5.metal")
+
+    def zones(*counts: int) -> list[dict[str, Any]]:
+        return [{"instance_count": n, "scope": "Availability Zone", "availability_zone": f"us-east-1{zone}"}
+                for n, zone in zip(counts, "ab", strict=False)]
+
+    submit(intake, family_plan(MODIFY, "modify-metal-lossy", {
+        "reserved_instances_ids": [lossy_ri], "target_configurations": zones(2, 1)}))
+    assert run_until_settled(own, "modify-metal-lossy") == "failed"
+    lossy = own.ledger.get("modify-metal-lossy")
+    assert lossy is not None
+    error = failed_with(lossy, "FootprintMismatch")
+    assert error["details"]["source_footprint"] == {"m5.metal": 4}, error
+    assert error["details"]["target_footprint"] == {"m5.metal": 3}, error
+    assert_nothing_spent(lossy, control, MODIFICATIONS)
+
+    submit(intake, family_plan(MODIFY, "modify-metal-split", {
+        "reserved_instances_ids": [split_ri], "target_configurations": zones(2, 2)}))
+    try:
+        run_plan(own, "modify-metal-split", ACTIONS)
+    except RequeueLater:  # accepted by AWS, processing: followed later
+        pass
+    split = own.ledger.get("modify-metal-split")
+    assert split is not None and split.state.value == "submitted" and split.book["sends"] == 1, split.error
+    assert len(ground_truth(control, MODIFICATIONS)) == 1  # AWS took the split
+    assert state_of(control, lossy_ri) == "active"
 
 
 # --- ec2:AcceptReservedInstancesExchangeQuote ------------------------------------------------------------------
