@@ -310,9 +310,18 @@ def test_modify_refusals(
     failed_with(run(runtime, intake, modify_plan("uncapped", "cr-0c0ffee0000000a04", instance_count=3,
                                                  on_demand_hourly_usd="0.096", max_total_usd="100")),
                 "OpenEndedWithoutHourlyCap")
+    # A reservation with an end date has a total to bound: an hourly cap alone is not enough (the plan's own rules
+    # cannot know it ends; prepare reads it). An open-ended one needs only the hourly cap.
+    error = failed_with(run(runtime, intake, modify_plan("no-total", "cr-0c0ffee0000000a03", instance_count=3,
+                                                        on_demand_hourly_usd="0.096", max_hourly_usd="1.00")),
+                        "MissingCeiling")
+    assert "a limited reservation needs max_total_usd" in error["message"]
     assert reservation(client, "cr-0c0ffee0000000a03")["TotalInstanceCount"] == 2
     assert reservation(client, "cr-0c0ffee0000000a03")["InstanceMatchCriteria"] == "open"
     assert reservation(client, "cr-0c0ffee0000000a04")["TotalInstanceCount"] == 2
+    succeeded(run(runtime, intake, modify_plan("hourly-capped", "cr-0c0ffee0000000a04", instance_count=3,
+                                               on_demand_hourly_usd="0.096", max_hourly_usd="1.00")))
+    assert reservation(client, "cr-0c0ffee0000000a04")["TotalInstanceCount"] == 3
 
 
 def cancel_plan(plan_id: str, cr_id: str) -> dict[str, Any]:
