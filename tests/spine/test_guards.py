@@ -267,6 +267,10 @@ def test_a_look_alike_check_whose_message_was_lost_is_sent_again_by_the_sweeper(
     submit(intake, ri_plan("check-lost"))
     assert run_plan(runtime, "check-lost", ACTIONS) == "succeeded"
     assert runtime.ledger.get("check-lost").verification == "due"
+    # Due once AWS's reads have caught up and a frozen worker's late send would show: consistency delay + margin
+    # after the success (scores count from whole seconds of Redis's clock; 2 s of slack for a busy machine).
+    wait = runtime.settings.consistency_delay_seconds + runtime.settings.send_margin_seconds
+    assert runtime.redis.zscore(verify_key(runtime), "check-lost") >= runtime.redis.time()[0] + wait - 2
     sent: list[tuple[str, str]] = []
     intake.enqueue = lambda family, plan_id: sent.append((family.name, plan_id))
     assert intake.sweep()["checks"] == 0  # not overdue yet: its own message may still come
