@@ -519,3 +519,13 @@ def test_normalization_factors_follow_awss_rule_for_every_size() -> None:
         assert factor == expected, (size, factor, expected)
     # Every size AWS sells up to 112xlarge in the families this table serves.
     assert {"nano", "small", "large", "9xlarge", "18xlarge", "56xlarge", "112xlarge"} <= set(NORMALIZATION_FACTORS)
+
+
+def test_listing_counts_are_zero_for_a_state_aws_leaves_out() -> None:
+    """A listing's InstanceCounts as a dict, every state present: one AWS leaves out counts 0 (the result's
+    units_sold reads 'sold'). (Two surviving mutants of `make mutants` changed those defaults to 1 and -1.)"""
+    from tasks.ec2_ri_marketplace import _counts
+
+    assert _counts({}) == {"available": 0, "sold": 0, "cancelled": 0, "pending": 0}
+    assert _counts({"InstanceCounts": [{"State": "available", "InstanceCount": 3}]}) == {
+        "available": 3, "sold": 0, "cancelled": 0, "pending": 0}

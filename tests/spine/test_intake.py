@@ -257,6 +257,29 @@ def test_invalid_plan_via_submit_raw(runtime: Runtime, intake: Any, payload: Any
         assert result.plan_id.startswith("rejected-")
 
 
+def test_a_plan_sent_as_flat_stream_fields_is_rejected_under_its_entry_id_so_a_corrected_resend_is_accepted(
+    runtime: Runtime, intake: Any
+) -> None:
+    """A producer that XADDs a plan's fields one by one (no 'plan' field) names its plan_id in the entry: the
+    rejection is recorded under the entry's id, not that plan_id, so when the producer sends the plan correctly
+    it is accepted rather than refused as a conflict with the rejected record. (A surviving mutant of `make
+    mutants` looked for a plan_id in such an entry's text.)"""
+    stream = runtime.key("plans")
+    plan = ri_plan("flat-1")
+    flat = _text(runtime.redis.xadd(stream, {"plan_id": plan["plan_id"], "action": plan["action"],
+                                             "account_id": plan["account_id"]}))
+    assert intake.consume_once("c1", block_ms=100, count=10) == 1
+    rejected = runtime.ledger.get(f"rejected-{flat.replace('-', '.')}")
+    assert rejected is not None and rejected.state.value == "rejected"
+    assert rejected.error["message"] == "stream entry has no 'plan' field"
+    assert runtime.ledger.get("flat-1") is None
+
+    xadd_plan(runtime, plan)
+    assert intake.consume_once("c1", block_ms=100, count=10) == 1
+    assert runtime.ledger.get("flat-1").state.value == "queued"  # type: ignore[union-attr]
+    assert pending(runtime) == 0
+
+
 def test_every_invalid_stream_entry_is_recorded_and_acknowledged(runtime: Runtime, intake: Any) -> None:
     """All the invalid inputs above, and a few more, through the stream: none dropped, all acknowledged."""
     stream = runtime.key("plans")
