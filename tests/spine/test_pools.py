@@ -69,13 +69,16 @@ def test_sixteen_plans_at_once_in_a_threads_worker_each_buy_exactly_once(
     runtime: Runtime, sandbox: SandboxControl, intake: Any, env: dict[str, str]
 ) -> None:
     # 30 plans, each its own purchase signature (account, region, offering), so none waits for another; every
-    # purchase takes 200 ms at the sandbox, so plans overlap.
+    # purchase takes 2 s at the sandbox, long enough for the plans' reads (which share one process's GIL, slowly on a
+    # busy machine: 200 ms let only 10 overlap under load) to bring most threads to their purchase at once. The
+    # worker's write timeout and lease are raised to fit a 2 s answer.
     plans = [{**ri_plan(f"pool-{n}", instance_type=t, instance_count=1, max_hourly_usd="1.00"), "account_id": a,
               "region": r}
              for n, (a, r, t) in enumerate((a, r, t) for a in (ACCOUNT, TAGGING_ACCOUNT) for r in REGIONS
                                            for t in TYPES)]
-    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "latency", probability=1.0, latency_ms=200)
-    worker = ThreadsWorker(env, "sixteen", 16)
+    sandbox.add_fault("ec2:PurchaseReservedInstancesOffering", "latency", probability=1.0, latency_ms=2000)
+    slow_answers = {"COMMITD_WRITE_READ_TIMEOUT": "5", "COMMITD_LEASE_SECONDS": "10"}
+    worker = ThreadsWorker({**env, **slow_answers}, "sixteen", 16)
     try:
         submit_all(intake, plans)
         records = [wait_for_state(runtime, p["plan_id"], {"succeeded"}, timeout=90) for p in plans]
