@@ -328,7 +328,9 @@ def test_no_send_while_no_replica_acknowledges_its_record(
     from worker.execution import run_plan
     from worker.intake import Intake
 
-    runtime = sentinel_runtime
+    # A longer lease than the tests' 4 s: this process's heartbeat thread, starved on a loaded machine while the
+    # main thread waits out WAIT's 2 s, must not lose the lease first (the plan would end lease_lost, unsent too).
+    runtime = Runtime(Settings(**{**sentinel_runtime.settings.model_dump(), "lease_seconds": 20}))
     intake = Intake(runtime, ACTIONS, enqueue)
 
     def ris() -> set[str]:
