@@ -101,8 +101,7 @@ def _run_leased(runtime: Runtime, record: PlanRecord | None, plan_id: str, actio
         # A paused plan makes no reads either, and its record is left as it is (no attempt, no note every recheck);
         # but one past its expires_at is expired now (by _run, before any read), not after the resume.
         pause = pause_over(runtime, action.family.name, plan.account_id)
-        past_expiry = (record.state == PlanState.QUEUED and plan.expires_at is not None
-                       and run.handle.now() >= plan.expires_at)
+        past_expiry = record.state == PlanState.QUEUED and _past_expiry(run)
         if pause is not None and not past_expiry:
             log.info("plan_paused", plan_id=plan_id, scope=pause.scope)
             raise RequeueLater(pause_note(pause), runtime.settings.pause_recheck_seconds)
@@ -117,7 +116,7 @@ def _run(run: PlanRun, record: PlanRecord) -> PlanState:
     resumed = record.state == PlanState.SUBMITTED
     attempt = record.attempts + 1
     if record.state == PlanState.QUEUED:
-        if plan.expires_at and run.handle.now() >= plan.expires_at:
+        if _past_expiry(run):
             expired = ledger.transition(record, PlanState.EXPIRED, "expired before it ran", attempts=attempt)
             settle_budget(run.runtime, expired)  # a plan given back to wait for a lock may hold budget
             return expired.state
@@ -133,6 +132,11 @@ def _run(run: PlanRun, record: PlanRecord) -> PlanState:
         run.book = SendBook.model_validate(run.record.book or {})
         settle(run, resumed)
     return run.record.state
+
+
+def _past_expiry(run: PlanRun) -> bool:
+    """Whether the plan's expires_at has passed by the worker's (possibly test-shifted) clock."""
+    return run.plan.expires_at is not None and run.handle.now() >= run.plan.expires_at
 
 
 def _new_run(
@@ -222,7 +226,7 @@ def _prepare(run: PlanRun) -> None:
         run.transition(PlanState.QUEUED, "reads failed; will try again", error=describe(exc))
         raise RequeueLater(f"reads failed: {describe(exc)['code']}", run.runtime.settings.retry_max_seconds) from exc
     _record_clock_skew(run)
-    if plan.expires_at and run.handle.now() >= plan.expires_at:
+    if _past_expiry(run):
         run.transition(PlanState.EXPIRED, "expired before it was sent")
         return
     refusal = account_refusal(run)

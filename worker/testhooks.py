@@ -21,12 +21,20 @@ BARRIERS = ("BEFORE_APPROVAL_WRITE",)
 BARRIER_TIMEOUT_SECONDS = 30.0
 
 
-def checkpoint(point: str) -> None:
-    what = os.environ.get(f"COMMITD_TEST_HOOK_{point}")
+def _hook_client(setting: str) -> tuple[str, redis.Redis] | None:
+    """The setting's value and a client to the test's Redis, or None when this hook is off (always in production)."""
+    value = os.environ.get(setting)
     url = os.environ.get("COMMITD_TEST_HOOK_REDIS")
-    if not what or not url:
+    if not value or not url:
+        return None
+    return value, redis.Redis.from_url(url)
+
+
+def checkpoint(point: str) -> None:
+    hook = _hook_client(f"COMMITD_TEST_HOOK_{point}")
+    if hook is None:
         return
-    client = redis.Redis.from_url(url)
+    what, client = hook
     if not client.set(f"testhook:fired:{point}", os.getpid(), nx=True):
         return
     client.rpush(f"testhook:{point}", f"{os.getpid()} {time.time()}")
@@ -36,11 +44,10 @@ def checkpoint(point: str) -> None:
 
 def barrier(point: str) -> None:
     """Wait until ``COMMITD_TEST_BARRIER_<point>`` processes have reached this point (then all go on at once)."""
-    wanted = os.environ.get(f"COMMITD_TEST_BARRIER_{point}")
-    url = os.environ.get("COMMITD_TEST_HOOK_REDIS")
-    if not wanted or not url:
+    hook = _hook_client(f"COMMITD_TEST_BARRIER_{point}")
+    if hook is None:
         return
-    client = redis.Redis.from_url(url)
+    wanted, client = hook
     key = f"testhook:barrier:{point}"
     client.incr(key)
     deadline = time.monotonic() + BARRIER_TIMEOUT_SECONDS
