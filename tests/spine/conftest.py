@@ -322,6 +322,22 @@ def wait_for_state(runtime: Runtime, plan_id: str, states: set[str], timeout: fl
     raise AssertionError(f"plan {plan_id} did not reach {states}; last: {record.model_dump() if record else None}")
 
 
+def wait_budget_settled(runtime: Runtime, plan_id: str, timeout: float = 15) -> None:
+    """Wait until the plan's budget hold is released (gone) or turned used. A worker settles the hold right after it
+    writes the plan's final state, in a second Redis call: a test that saw the state waits for this step instead of
+    racing it (on a loaded machine the worker may not have taken it yet)."""
+    key = runtime.key("budget_hold", plan_id)
+    deadline = time.monotonic() + timeout
+    def unsettled() -> Any:
+        hold = runtime.redis.get(key)
+        text = hold.decode() if isinstance(hold, bytes) else hold
+        return text if text is not None and not text.endswith("|used") else None
+
+    while (hold := unsettled()) is not None:
+        assert time.monotonic() < deadline, f"plan {plan_id}'s budget hold was never settled: {hold!r}"
+        time.sleep(0.05)
+
+
 def ri_plan(plan_id: str, **params: Any) -> dict[str, Any]:
     base = {
         "instance_type": "m5.large",

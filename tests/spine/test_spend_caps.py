@@ -21,9 +21,9 @@ from config.accounts import AccountLimits
 from config.settings import Settings
 from sandbox.control import SandboxControl
 from tasks import ACTIONS
-from tests.spine.conftest import EXTERNAL_ID, ri_plan, wait_for_state
+from tests.spine.conftest import EXTERNAL_ID, ri_plan, wait_budget_settled, wait_for_state
 from tests.spine.test_exactly_once import SETTLED
-from tests.spine.test_purchase import tasks_done
+from tests.spine.test_purchase import eventually, tasks_done
 from worker.budgets import Budgets, CapReached
 from worker.celery_app import enqueue
 from worker.intake import Intake
@@ -197,7 +197,11 @@ def test_parallel_plans_on_two_workers_never_commit_beyond_the_daily_cap(
                                     "cap_usd": str(cap)}
         assert record.intent is None and not (record.book or {}).get("sends"), "a refused plan sent nothing"
     # Each refused plan's task ended there, returning its state: it went no further (lock, intent) after failing.
-    results = sorted(tasks_done(workers).values())
+    # (A task's end is logged after its plan's last write: waited for, as is each budget's settlement.)
+    results = eventually(lambda: (lambda done: done if len(done) >= len(plan_ids) else None)(
+        sorted(tasks_done(workers).values())), "every plan's task to end")
+    for plan_id in plan_ids:
+        wait_budget_settled(own.runtime, plan_id)
     assert results.count("failed") == len(failed) and results.count("succeeded") == admitted, results
 
     total, ids = committed_in_aws(aws)
@@ -229,11 +233,13 @@ def test_a_plan_refused_by_aws_releases_its_reservation(
     assert refused.state == PlanState.FAILED and (refused.error or {}).get("code") == "UnauthorizedOperation", \
         refused.error
     assert (refused.book or {}).get("sends") == 1, "the purchase was sent (and refused), after the reservation"
+    wait_budget_settled(own.runtime, "refused-1")
     assert budget(own.runtime)["reserved_usd"] == "0.00" and budget(own.runtime)["used_usd"] == "0.00"
 
     sandbox.set_iam(False, None, external_id=EXTERNAL_ID)
     own.submit(capped_plan("refused-2", "us-east-1", "us-east-1a"))
     assert wait_for_state(own.runtime, "refused-2", SETTLED).state == PlanState.SUCCEEDED
+    wait_budget_settled(own.runtime, "refused-2")
     own.submit(capped_plan("refused-3", "us-east-1", "us-east-1b"))
     over = wait_for_state(own.runtime, "refused-3", SETTLED)
     assert over.state == PlanState.FAILED and (over.error or {}).get("code") == "SpendCapReached", over.error
