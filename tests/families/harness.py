@@ -9,7 +9,6 @@ state, a record's field), never for wall-clock budgets.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ from botocore.exceptions import ClientError
 from sandbox.control import SandboxControl
 from tasks import ACTIONS, find_action
 from tests.spine.conftest import ACCOUNT, WorkerProcess
+from tests.spine.conftest import eventually as spine_eventually
 from worker.actions import family_permissions
 from worker.handle import PlanHandle
 from worker.ledger import PlanRecord
@@ -49,12 +49,8 @@ def submit(intake: Any, plan: dict[str, Any]) -> None:
 
 
 def eventually(check: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    """Poll ``check`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
+    """The spine's ``eventually`` with the families' longer default (their plans wait on AWS operations)."""
+    return spine_eventually(check, what, timeout)
 
 
 def settled(runtime: Runtime, plan_id: str, timeout: float = 90) -> PlanRecord:

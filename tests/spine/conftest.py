@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -24,6 +24,8 @@ from sandbox.control import SandboxControl
 from sandbox.server import SandboxServer
 from tasks.families import FAMILIES
 from worker.runtime import Runtime, set_runtime
+
+T = TypeVar("T")
 
 ACCOUNT = "111122223333"
 TAGGING_ACCOUNT = "555566667777"  # granted the extra permission ec2:CreateTags
@@ -322,20 +324,26 @@ def wait_for_state(runtime: Runtime, plan_id: str, states: set[str], timeout: fl
     raise AssertionError(f"plan {plan_id} did not reach {states}; last: {record.model_dump() if record else None}")
 
 
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
+    """Poll ``check`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
 def wait_budget_settled(runtime: Runtime, plan_id: str, timeout: float = 15) -> None:
     """Wait until the plan's budget hold is released (gone) or turned used. A worker settles the hold right after it
     writes the plan's final state, in a second Redis call: a test that saw the state waits for this step instead of
     racing it (on a loaded machine the worker may not have taken it yet)."""
     key = runtime.key("budget_hold", plan_id)
-    deadline = time.monotonic() + timeout
-    def unsettled() -> Any:
-        hold = runtime.redis.get(key)
-        text = hold.decode() if isinstance(hold, bytes) else hold
-        return text if text is not None and not text.endswith("|used") else None
 
-    while (hold := unsettled()) is not None:
-        assert time.monotonic() < deadline, f"plan {plan_id}'s budget hold was never settled: {hold!r}"
-        time.sleep(0.05)
+    def settled() -> bool:
+        hold = runtime.redis.get(key)
+        return hold is None or bytes(hold).endswith(b"|used")
+
+    eventually(settled, f"plan {plan_id}'s budget hold to be settled", timeout)
 
 
 def ri_plan(plan_id: str, **params: Any) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import pytest
 
 from config.settings import Settings
 from sandbox.control import SandboxControl
-from tests.spine.conftest import ACCOUNT, ROOT, ri_plan, wait_budget_settled, wait_for_state
+from tests.spine.conftest import ACCOUNT, ROOT, eventually, ri_plan, wait_budget_settled, wait_for_state
 from tests.spine.test_exactly_once import hook_fired, hooks
-from tests.spine.test_purchase import bought, eventually
+from tests.spine.test_purchase import bought
 from worker.runtime import Runtime, set_runtime
 
 APPROVAL_ACCOUNT = {
@@ -351,10 +351,8 @@ def test_a_plan_that_goes_back_to_awaiting_approval_gives_its_budget_back(
                                 in r.history[-1].note else None)(rt.ledger.get("waiter-a")),
                        "plan A's approval to expire and A to ask again", timeout=60)
     assert again is not None
-    # The release follows the ledger's write (a second Redis call by A's worker), so it is waited for, not raced:
-    # on a loaded machine the test can read the new state before the worker's next step. Nothing else would ever
-    # release the hold while A waits for a person, so without the release this times out.
-    eventually(lambda: not rt.redis.exists(hold_a), "A waits for a person: its budget is released", timeout=15)
+    wait_budget_settled(rt, "waiter-a")  # nothing else would settle it while A waits: without the release, a timeout
+    assert not rt.redis.exists(hold_a), "A waits for a person: its budget is released"
     day = json.loads(cli(approval_env, "status", "--json").stdout)["budgets"][f"{ACCOUNT}:day"]
     b = rt.ledger.get("holder-b")
     assert b is not None and b.intent is not None

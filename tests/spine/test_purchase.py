@@ -9,12 +9,12 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sandbox.control import SandboxControl
 from tasks import ACTIONS
 from tasks.families import EC2_RESERVED_INSTANCES
-from tests.spine.conftest import ACCOUNT, WorkerProcess, ri_plan, wait_for_state
+from tests.spine.conftest import ACCOUNT, WorkerProcess, eventually, ri_plan, wait_for_state
 from tests.spine.test_exactly_once import SETTLED, hook_fired, hooks, lease_expired
 from worker.audit import VerifyResult
 from worker.celery_app import enqueue
@@ -22,22 +22,12 @@ from worker.intake import Intake
 from worker.lease import Lease
 from worker.runtime import Runtime
 
-T = TypeVar("T")
 # Celery logs every task message a worker ran: ``Task <name>[<message id>] succeeded in 0.01s: '<return value>'``.
 TASK_DONE = re.compile(r"^Task \S+\[(?P<id>[0-9a-f-]+)\] succeeded in \S+s: '(?P<result>[^']*)'$", re.M)
 
 
 def bought(sandbox: SandboxControl) -> list[dict[str, Any]]:
     return sandbox.resources(account_id=ACCOUNT, type="reserved-instances")
-
-
-def eventually(check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
-    """Poll ``check`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def tasks_done(workers: Iterable[WorkerProcess]) -> dict[str, str]:

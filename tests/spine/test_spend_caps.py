@@ -21,9 +21,9 @@ from config.accounts import AccountLimits
 from config.settings import Settings
 from sandbox.control import SandboxControl
 from tasks import ACTIONS
-from tests.spine.conftest import EXTERNAL_ID, ri_plan, wait_budget_settled, wait_for_state
+from tests.spine.conftest import EXTERNAL_ID, eventually, ri_plan, wait_budget_settled, wait_for_state
 from tests.spine.test_exactly_once import SETTLED
-from tests.spine.test_purchase import eventually, tasks_done
+from tests.spine.test_purchase import tasks_done
 from worker.budgets import Budgets, CapReached
 from worker.celery_app import enqueue
 from worker.intake import Intake
@@ -198,8 +198,8 @@ def test_parallel_plans_on_two_workers_never_commit_beyond_the_daily_cap(
         assert record.intent is None and not (record.book or {}).get("sends"), "a refused plan sent nothing"
     # Each refused plan's task ended there, returning its state: it went no further (lock, intent) after failing.
     # (A task's end is logged after its plan's last write: waited for, as is each budget's settlement.)
-    results = eventually(lambda: (lambda done: done if len(done) >= len(plan_ids) else None)(
-        sorted(tasks_done(workers).values())), "every plan's task to end")
+    eventually(lambda: len(tasks_done(workers)) >= len(plan_ids), "every plan's task to end")
+    results = sorted(tasks_done(workers).values())
     for plan_id in plan_ids:
         wait_budget_settled(own.runtime, plan_id)
     assert results.count("failed") == len(failed) and results.count("succeeded") == admitted, results
